@@ -1,0 +1,66 @@
+# Two commands for a newcomer: `make book` and `make test` (each sets up .venv first).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# The CPU build of torch, installed first where torch is missing so that the range in
+# requirements.txt never pulls a multi-GB CUDA build onto a CPU-only machine.
+TORCH_CPU ?= torch==2.13.0
+CHAPTERS := $(notdir $(wildcard solutions/ch[0-9][0-9]))
+
+.PHONY: help setup book test lab release autograde feedback benchmark site-deps clean
+
+help:
+	@echo "make book       build the book with every notebook executed (_build/html)"
+	@echo "make test       run the whole test suite"
+	@echo "make lab        JupyterLab with nbgrader, for instructors"
+	@echo "make release    regenerate exercises/ from solutions/ (nbgrader generate_assignment)"
+	@echo "make autograde A=ch01   grade submitted/<student>/ch01/"
+	@echo "make feedback A=ch01    write feedback/ for graded submissions"
+	@echo "make benchmark  n-gram scoring speed against nltk.lm"
+
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_CPU)"
+	$(PY) -m pip install -q -r requirements-dev.txt -e .
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+book: setup
+	COURSE_FAST=0 $(BIN)/jupyter-book build . -W -n --keep-going
+
+# Headless Chromium for the check of the built site; skipped with a message where it
+# cannot be installed (not root, or no apt-get).
+site-deps:
+	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing chromium for the site check"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	  || echo "WARNING: could not install chromium; the site check will be skipped"; \
+	else echo "WARNING: chromium is missing and cannot be installed here; the site check will be skipped"; fi
+
+test: setup site-deps
+	$(PY) -m pytest -q
+
+lab: setup
+	$(BIN)/jupyter lab
+
+release: setup
+	@for a in $(CHAPTERS); do $(BIN)/nbgrader generate_assignment $$a --force || exit 1; done
+
+autograde: setup
+	@test -n "$(A)" || (echo "usage: make autograde A=ch01" && exit 2)
+	$(BIN)/nbgrader autograde $(A) --force
+
+feedback: setup
+	@test -n "$(A)" || (echo "usage: make feedback A=ch01" && exit 2)
+	$(BIN)/nbgrader generate_feedback $(A) --force
+
+benchmark: setup
+	$(PY) benchmarks/bench_ngram.py
+
+clean:
+	rm -rf _build

