@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
+# nbgrader calls alembic from PATH when it creates the gradebook
+export PATH := $(abspath $(BIN)):$(PATH)
 STAMP := $(VENV)/.installed
 # The CPU build of torch, installed first where torch is missing so that the range in
 # requirements.txt never pulls a multi-GB CUDA build onto a CPU-only machine.

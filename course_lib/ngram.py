@@ -89,6 +89,10 @@ class NGramLM:
             ``"modified"`` for the count-dependent discounts D1, D2, D3+ of modified
             Kneser-Ney, estimated per order from counts of counts (Chen & Goodman 1998).
         min_count: tokens seen fewer times in training become ``<unk>``.
+
+    ``vocab`` lists the tokens the model knows: ``<s>``, ``</s>``, ``<unk>``, then the
+    training tokens, sorted. Add-k divides by ``len(vocab)`` as nltk.lm does; for a unigram
+    model nltk pads nothing, so its vocabulary has two entries fewer than ours.
     """
 
     def __init__(self, order: int, smoothing: str = "kneser_ney", *, k: float = 1.0,
@@ -202,7 +206,7 @@ class NGramLM:
     def _build_tables(self) -> None:
         """Per order, the probability parts that scoring only has to look up."""
         n, V = self.order, len(self.vocab)
-        self._ctx_total, self._ctx_types, self._gamma, self._head = [None], [None], [None], [None]
+        self._ctx_total, self._gamma, self._head = [None], [None], [None]
         self.discounts: list[tuple[float, float, float] | None] = [None]
         for k in range(1, n + 1):
             kn = self.smoothing == "kneser_ney"
@@ -210,9 +214,7 @@ class NGramLM:
             ctx = self._keys[k] // V  # the (k-1)-gram id of each k-gram
             n_ctx = len(self._keys[k - 1])
             total = np.bincount(ctx, weights=c, minlength=n_ctx)
-            types = np.bincount(ctx, weights=(c > 0), minlength=n_ctx)
             self._ctx_total.append(total)
-            self._ctx_types.append(types)
             if kn:
                 D = self._discounts_for(c)
                 self.discounts.append(D)
@@ -347,6 +349,12 @@ class NGramLM:
         self._require_fitted()
         V = len(self.vocab)
         return self._prob_ids(self._context_ids(context, V), np.arange(V, dtype=np.int64))
+
+    def num_parameters(self) -> int:
+        """Numbers the model stores: one count per distinct k-gram, k = 1..n (the size
+        the course ladder reports for a count-based model)."""
+        self._require_fitted()
+        return int(sum(int(np.count_nonzero(c)) for c in self._count[1:]))
 
     def count(self, ngram: Sequence[str]) -> int:
         """How often the k-gram (k <= n, as a tuple of tokens) ends at a predicted

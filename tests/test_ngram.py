@@ -237,3 +237,21 @@ def test_real_corpus_character_model_is_sane():
     # a unigram over ~70 characters needs ~4.5 bits; context helps a lot
     assert 4.0 < bpcs[1] < 5.0
     assert bpcs[5] < bpcs[3] < bpcs[1]
+
+
+def test_lower_order_discounts_use_continuation_counts():
+    from course_lib.data import load_split
+
+    train = [list(load_split("valid")[0].text[:20000])]
+    lm = NGramLM(3, "kneser_ney", discount="modified").fit(train)
+    ref = SlowKneserNey(3, train, lm.discounts)
+    cont = np.array([c for g, c in ref.cont.items() if len(g) == 2])
+    n1, n2, n3, n4 = (np.sum(cont == i) for i in (1, 2, 3, 4))
+    y = n1 / (n1 + 2 * n2)
+    assert lm.discounts[2] == pytest.approx((1 - 2 * y * n2 / n1, 2 - 3 * y * n3 / n2, 3 - 4 * y * n4 / n3))
+
+
+def test_num_parameters_counts_distinct_ngrams():
+    lm = NGramLM(2, "mle").fit([["a", "b", "a"]])
+    # unigrams a, b, </s>; bigrams (<s> a), (a b), (b a), (a </s>)
+    assert lm.num_parameters() == 3 + 4
