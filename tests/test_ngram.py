@@ -104,18 +104,22 @@ def test_kneser_ney_equals_slow_reference(seed, order, discount):
                 assert lm.prob(w, list(ctx)) == pytest.approx(expected, abs=1e-12)
 
 
-def test_modified_discounts_follow_chen_goodman():
+@pytest.mark.parametrize("order", [3, 2, 1])
+def test_modified_discounts_follow_chen_goodman(order):
+    """D1, D2, D3+ from the counts of counts of each order: raw counts at the highest
+    order (3), continuation counts N1+(. g) below it."""
     from course_lib.data import load_split
 
     train = [list(load_split("valid")[0].text[:20000])]
     lm = NGramLM(3, "kneser_ney", discount="modified").fit(train)
     ref = SlowKneserNey(3, train, lm.discounts)
-    counts = np.array([c for g, c in ref.raw.items() if len(g) == 3])
+    table = ref.raw if order == 3 else ref.cont
+    counts = np.array([c for g, c in table.items() if len(g) == order])
     n1, n2, n3, n4 = (np.sum(counts == i) for i in (1, 2, 3, 4))
     y = n1 / (n1 + 2 * n2)
     expected = (1 - 2 * y * n2 / n1, 2 - 3 * y * n3 / n2, 3 - 4 * y * n4 / n3)
-    assert lm.discounts[3] == pytest.approx(expected)
-    assert len(set(lm.discounts[3])) == 3  # really count-dependent
+    assert lm.discounts[order] == pytest.approx(expected)
+    assert len(set(lm.discounts[order])) == 3  # really count-dependent
 
 
 @pytest.mark.parametrize("smoothing,kwargs", [
@@ -237,18 +241,6 @@ def test_real_corpus_character_model_is_sane():
     # a unigram over ~70 characters needs ~4.5 bits; context helps a lot
     assert 4.0 < bpcs[1] < 5.0
     assert bpcs[5] < bpcs[3] < bpcs[1]
-
-
-def test_lower_order_discounts_use_continuation_counts():
-    from course_lib.data import load_split
-
-    train = [list(load_split("valid")[0].text[:20000])]
-    lm = NGramLM(3, "kneser_ney", discount="modified").fit(train)
-    ref = SlowKneserNey(3, train, lm.discounts)
-    cont = np.array([c for g, c in ref.cont.items() if len(g) == 2])
-    n1, n2, n3, n4 = (np.sum(cont == i) for i in (1, 2, 3, 4))
-    y = n1 / (n1 + 2 * n2)
-    assert lm.discounts[2] == pytest.approx((1 - 2 * y * n2 / n1, 2 - 3 * y * n3 / n2, 3 - 4 * y * n4 / n3))
 
 
 def test_num_parameters_counts_distinct_ngrams():
