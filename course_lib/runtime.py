@@ -24,6 +24,7 @@ __all__ = [
     "is_fast_mode",
     "seed_everything",
     "describe_device",
+    "glue",
 ]
 
 # Where the course lives; _config.yml's repository url is the same (tests check it).
@@ -114,3 +115,15 @@ def seed_everything(seed: int = 1337) -> np.random.Generator:
     except ImportError:  # pragma: no cover
         pass
     return np.random.default_rng(seed)
+
+
+def glue(name: str, value) -> None:
+    """Hand a computed value to the book's prose: ``{glue:text}`name:.3f``` in a markdown
+    cell shows it. NumPy scalars become Python numbers (so format specs work); outside
+    the book build (e.g. on Colab, without myst_nb) it does nothing."""
+    try:
+        from myst_nb import glue as myst_glue
+    except ImportError:
+        return
+    value = value.item() if isinstance(value, np.generic) else value
+    myst_glue(name, value, display=False)
