@@ -1,0 +1,129 @@
+"""Checks for the exercises' autograded test cells (all chapters).
+
+Two ways to earn points without doing the work are closed here:
+
+- An object that claims to equal everything (``__eq__`` always True) or a subclass of
+  ``float`` with a doctored comparison: ``check_type`` demands the exact built-in type
+  before any value is compared.
+- A graded function that just calls the course_lib reference it is graded against:
+  inside ``with no_course_lib():`` every function and method defined in course_lib
+  raises, however the student's code got hold of it (imported at the top of the
+  notebook, imported inside the function, kept in a variable), and importing or
+  reloading a course_lib module fails. Test cells compute their expected values first,
+  then call the student's code inside the block.
+
+    expected = NGramLM(2, "mle").fit(sentences).prob("be", ["to"])   # before
+    with no_course_lib():
+        result = mle_prob(counts, "be", ("to",))                      # the student's
+    check_close(result, expected)
+
+Scope: these checks run in the student's kernel, so they stop shortcuts, not a student
+determined to rewrite the checker; the pipeline tests show which submissions they stop.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib.abc
+import math
+import sys
+import types
+from contextlib import contextmanager
+
+__all__ = ["ReferenceUsed", "check_type", "check_close", "no_course_lib"]
+
+_MESSAGE = (
+    "graded code must be your own: it called course_lib, the reference it is graded "
+    "against. Write the computation yourself (numpy, collections and math are fine)."
+)
+
+
+class ReferenceUsed(AssertionError):
+    """Raised when graded code calls into course_lib during a graded test."""
+
+
+def _error() -> ReferenceUsed:
+    return ReferenceUsed(_MESSAGE)
+
+
+__course_lib_reference_used__ = _error  # course_lib modules get this name while the guard is on
+
+
+def _tripwire(*args, **kwargs):
+    # This code object is also swapped into course_lib's own functions, where names are
+    # looked up in *their* module, so the error comes from a name put there for the time.
+    raise __course_lib_reference_used__()  # noqa: F821
+
+
+class _ImportBlocker(importlib.abc.MetaPathFinder):
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname == "course_lib" or fullname.startswith("course_lib."):
+            raise ReferenceUsed(_MESSAGE)
+        return None
+
+
+def check_type(value, expected: type, what: str = "the result") -> None:
+    """Assert ``type(value) is expected`` exactly (no subclasses), with a helpful message."""
+    if type(value) is not expected:
+        raise AssertionError(
+            f"{what} should be of type {expected.__name__}, but it is {type(value).__name__}: {value!r:.200}"
+        )
+
+
+def check_close(value, expected: float, what: str = "the result", rel: float = 1e-9, abs_tol: float = 1e-12) -> None:
+    """Assert a Python float equals ``expected`` within the stated tolerance (inf equals inf)."""
+    check_type(value, float, what)
+    if math.isinf(expected) or math.isinf(value):
+        ok = value == expected
+    else:
+        ok = math.isclose(value, expected, rel_tol=rel, abs_tol=abs_tol)
+    if not ok:
+        raise AssertionError(f"{what}: expected {expected!r} (relative tolerance {rel}), got {value!r}")
+
+
+def _course_modules():
+    return [
+        module for name, module in list(sys.modules.items())
+        if module is not None and name != __name__ and (name == "course_lib" or name.startswith("course_lib."))
+    ]
+
+
+@contextmanager
+def no_course_lib():
+    """While active, any call into course_lib (except this module) raises ``ReferenceUsed``."""
+    restore = []
+    blocker = _ImportBlocker()
+    hidden = {}  # course_lib modules taken out of sys.modules, so importing them fails
+    try:
+        modules = _course_modules()
+        namespaces = {id(vars(m)): m for m in modules}
+        for module in modules:
+            restore.append((module, "__course_lib_reference_used__", None))
+            module.__course_lib_reference_used__ = _error
+        # Every function and class course_lib ever defined, wherever it is referenced from
+        # (even one kept from before a module was reloaded): found through the collector.
+        for obj in gc.get_objects():
+            # type(obj), never obj.__class__: some objects warn or compute on attribute access
+            if type(obj) is types.FunctionType:
+                if id(obj.__globals__) in namespaces and obj.__closure__ is None:
+                    restore.append((obj, "__code__", obj.__code__))
+                    obj.__code__ = _tripwire.__code__
+            elif issubclass(type(obj), type) and str(vars(obj).get("__module__", "")).startswith("course_lib.") \
+                    and vars(obj)["__module__"] != __name__:
+                for attr, member in list(vars(obj).items()):
+                    if isinstance(member, (staticmethod, classmethod, property)):
+                        restore.append((obj, attr, member))
+                        setattr(obj, attr, property(_tripwire) if isinstance(member, property) else _tripwire)
+        for module in _course_modules():
+            hidden[module.__name__] = sys.modules.pop(module.__name__)
+        sys.meta_path.insert(0, blocker)
+        yield
+    finally:
+        if blocker in sys.meta_path:
+            sys.meta_path.remove(blocker)
+        sys.modules.update(hidden)
+        for obj, attr, old in reversed(restore):
+            if old is None:
+                delattr(obj, attr)
+            else:
+                setattr(obj, attr, old)
