@@ -3,7 +3,7 @@ with the lower orders on continuation counts. Dictionaries and loops only: it is
 independent reference that tests/test_ngram.py checks course_lib.ngram against.
 """
 
-from collections import Counter, defaultdict
+from collections import Counter
 
 BOS, EOS, UNK = "<s>", "</s>", "<unk>"
 

@@ -36,7 +36,8 @@ def test_rendering_has_no_markdown_left():
     assert "  \n" not in text and "\n\n\n" not in text
     hamlet = next(p for p in load_plays() if p.name == "hamlet")
     assert hamlet.title == "Hamlet"
-    assert hamlet.text.startswith("BERNARDO:\nWho's there?\n\nFRANCISCO:\nNay, answer me: stand, and unfold yourself.\n")
+    assert hamlet.text.startswith(
+        "BERNARDO:\nWho's there?\n\nFRANCISCO:\nNay, answer me: stand, and unfold yourself.\n")
     assert "To be, or not to be" in hamlet.text
     assert "Enter" not in hamlet.text.split("\n")[2]  # stage directions are dropped
 

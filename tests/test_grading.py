@@ -50,7 +50,7 @@ def delegate_reload():
 
 
 def own_code():
-    pairs = list(zip(["<s>"] + SENTS[0], SENTS[0] + ["</s>"]))
+    pairs = list(zip(["<s>"] + SENTS[0], SENTS[0] + ["</s>"], strict=True))
     return sum(p == ("to", "be") for p in pairs) / sum(p[0] == "to" for p in pairs)
 
 
@@ -80,7 +80,7 @@ def test_own_code_runs_inside():
 def test_guard_restores_even_when_the_body_raises():
     with pytest.raises(ZeroDivisionError):
         with no_course_lib():
-            1 / 0
+            raise ZeroDivisionError
     assert NGramLM(2, "mle").fit(SENTS).prob("be", ["to"]) == 1.0
     assert "course_lib.ngram" in importlib.sys.modules
 

@@ -21,7 +21,7 @@ def test_committed_release_equals_a_fresh_one(chapter, tmp_path):
     committed = sorted((ROOT / "exercises" / chapter).rglob("*.ipynb"))
     rel = lambda paths, base: [p.relative_to(base) for p in paths]  # noqa: E731
     assert rel(fresh, course / "exercises" / chapter) == rel(committed, ROOT / "exercises" / chapter)
-    for new, old in zip(fresh, committed):
+    for new, old in zip(fresh, committed, strict=True):
         assert cells(new) == cells(old), f"{old} is stale: run `make release` and commit it"
 
 
