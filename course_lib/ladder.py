@@ -25,7 +25,7 @@ from pathlib import Path
 
 from .runtime import is_fast_mode
 
-__all__ = ["Entry", "results_dir", "record", "load", "table"]
+__all__ = ["Entry", "results_dir", "record", "clear", "load", "table"]
 
 
 @dataclass
@@ -70,6 +70,15 @@ def record(**fields) -> Entry:
         json.dump(asdict(entry), f, indent=2)
     os.replace(f.name, path)  # a reader never sees half a file
     return entry
+
+
+def clear(chapter: int) -> int:
+    """Remove a chapter's records (a chapter calls it before recording, so rows of models
+    it no longer trains disappear); returns how many were removed."""
+    paths = list(results_dir().glob(f"ch{chapter:02d}-*.json"))
+    for path in paths:
+        path.unlink()
+    return len(paths)
 
 
 def load(folder: str | Path | None = None) -> list[Entry]:

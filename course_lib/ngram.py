@@ -76,6 +76,18 @@ def _check_sentences(sentences) -> list[Sequence[str]]:
     return sentences
 
 
+def _check_discount(discount, scale) -> None:
+    if isinstance(discount, str):
+        if discount != "modified":
+            raise ValueError(f"discount must be a float in (0, 1] or 'modified', got {discount!r}")
+    elif isinstance(discount, bool) or not isinstance(discount, (int, float)) or not 0 < discount <= 1:
+        raise ValueError(f"a single Kneser-Ney discount must be a number in (0, 1], got {discount!r}")
+    if not (isinstance(scale, (int, float)) and 0 < scale < math.inf):
+        raise ValueError(f"discount_scale must be a positive number, got {scale!r}")
+    if scale != 1.0 and discount != "modified":
+        raise ValueError("discount_scale applies to discount='modified' only")
+
+
 class NGramLM:
     """An n-gram language model over string tokens (words or characters).
 
@@ -88,6 +100,9 @@ class NGramLM:
         discount: Kneser-Ney discount; a float D in (0, 1] for every order, or
             ``"modified"`` for the count-dependent discounts D1, D2, D3+ of modified
             Kneser-Ney, estimated per order from counts of counts (Chen & Goodman 1998).
+        discount_scale: multiplies the estimated modified discounts (each clipped to
+            D1 <= 1, D2 <= 2, D3+ <= 3), a single knob to tune on validation data;
+            ``set_discount`` changes it without counting again.
         min_count: tokens seen fewer times in training become ``<unk>``.
 
     ``vocab`` lists the tokens the model knows: ``<s>``, ``</s>``, ``<unk>``, then the
@@ -96,7 +111,8 @@ class NGramLM:
     """
 
     def __init__(self, order: int, smoothing: str = "kneser_ney", *, k: float = 1.0,
-                 lam: float = 0.7, discount: float | str = 0.75, min_count: int = 1):
+                 lam: float = 0.7, discount: float | str = 0.75, discount_scale: float = 1.0,
+                 min_count: int = 1):
         if isinstance(order, bool) or not isinstance(order, (int, np.integer)) or order < 1:
             raise ValueError(f"order must be an integer >= 1, got {order!r}")
         if smoothing not in SMOOTHINGS:
@@ -107,22 +123,21 @@ class NGramLM:
             raise ValueError(f"add-k needs k > 0, got {k}")
         if not 0 < lam <= 1:
             raise ValueError(f"lam must be in (0, 1], got {lam}")
-        if isinstance(discount, str):
-            if discount != "modified":
-                raise ValueError(f"discount must be a float in (0, 1] or 'modified', got {discount!r}")
-        elif not 0 < discount <= 1:
-            raise ValueError(f"a single Kneser-Ney discount must be in (0, 1], got {discount}")
+        _check_discount(discount, discount_scale)
         if not isinstance(min_count, (int, np.integer)) or min_count < 1:
             raise ValueError(f"min_count must be an integer >= 1, got {min_count!r}")
         self.order = int(order)
         self.smoothing = smoothing
-        self.k, self.lam, self.discount, self.min_count = float(k), float(lam), discount, int(min_count)
+        self.k, self.lam, self.min_count = float(k), float(lam), int(min_count)
+        self.discount, self.discount_scale = discount, float(discount_scale)
         self.vocab: list[str] | None = None  # id -> token; <s>, </s>, <unk> first
         self._fitted = False
 
     def __repr__(self) -> str:
         extra = {"laplace": "", "add_k": f", k={self.k}", "interpolated": f", lam={self.lam}",
-                 "kneser_ney": f", discount={self.discount!r}", "mle": ""}[self.smoothing]
+                 "kneser_ney": f", discount={self.discount!r}"
+                 + (f", discount_scale={self.discount_scale}" if self.discount_scale != 1 else ""),
+                 "mle": ""}[self.smoothing]
         size = f", |V|={len(self.vocab)}" if self._fitted else ", unfitted"
         return f"NGramLM(order={self.order}, smoothing={self.smoothing!r}{extra}{size})"
 
@@ -239,7 +254,19 @@ class NGramLM:
             return 0.75, 0.75, 0.75
         y = n1 / (n1 + 2 * n2)
         d1, d2, d3 = 1 - 2 * y * n2 / n1, 2 - 3 * y * n3 / n2, 3 - 4 * y * n4 / n3
-        return tuple(float(np.clip(d, 0.0, m)) for d, m in ((d1, 1), (d2, 2), (d3, 3)))
+        s = self.discount_scale
+        return tuple(float(np.clip(d * s, 0.0, m)) for d, m in ((d1, 1), (d2, 2), (d3, 3)))
+
+    def set_discount(self, discount: float | str, discount_scale: float = 1.0) -> NGramLM:
+        """Change the Kneser-Ney discounts of a fitted model without counting again
+        (fast: only the probability tables are rebuilt); returns self."""
+        self._require_fitted()
+        if self.smoothing != "kneser_ney":
+            raise ValueError(f"set_discount applies to kneser_ney models, not {self.smoothing!r}")
+        _check_discount(discount, discount_scale)
+        self.discount, self.discount_scale = discount, float(discount_scale)
+        self._build_tables()
+        return self
 
     # ------------------------------------------------------------------ scoring
     def _require_fitted(self) -> None:

@@ -47,3 +47,10 @@ def test_bad_records_are_refused(results, bad):
     with pytest.raises(ValueError):
         ladder.record(**fields)
     assert ladder.load() == []
+
+
+def test_clear_removes_one_chapter_only(results):
+    for chapter, model in ((1, "a"), (1, "b"), (3, "c")):
+        ladder.record(model=model, chapter=chapter, test_bpc=2.0, parameters=1, train_seconds=1, device="cpu")
+    assert ladder.clear(1) == 2
+    assert [e.model for e in ladder.load()] == ["c"]

@@ -198,11 +198,35 @@ def test_generate_is_seeded_and_uses_the_model():
     assert len(lm_c.generate(50, context="the q", seed=0, stop_at_end=False)) == 50
 
 
+def test_set_discount_equals_a_fresh_fit():
+    for scale in (0.8, 1.3):
+        refit = NGramLM(3, "kneser_ney", discount="modified", discount_scale=scale).fit(CHARS_TRAIN * 5)
+        reused = NGramLM(3, "kneser_ney").fit(CHARS_TRAIN * 5).set_discount("modified", scale)
+        assert reused.discounts == refit.discounts
+        np.testing.assert_array_equal(reused.logprobs(CHARS_TEST), refit.logprobs(CHARS_TEST))
+        assert abs(reused.distribution(["a", "b"]).sum() - 1) < 1e-9
+
+
+def test_discount_scale_scales_and_clips():
+    from course_lib.data import load_split
+
+    train = [load_split("valid")[0].text[:20000]]
+    base = NGramLM(3, "kneser_ney", discount="modified").fit(train)
+    scaled = NGramLM(3, "kneser_ney", discount="modified").fit(train).set_discount("modified", 1.5)
+    for k in (1, 2, 3):
+        for d, d_scaled, cap in zip(base.discounts[k], scaled.discounts[k], (1, 2, 3), strict=True):
+            assert d_scaled == pytest.approx(min(1.5 * d, cap))
+    with pytest.raises(ValueError, match="kneser_ney"):
+        NGramLM(2, "mle").fit(train).set_discount(0.5)
+
+
 @pytest.mark.parametrize("bad,err", [
     (dict(order=0), ValueError), (dict(order=2.5), ValueError), (dict(order=True), ValueError),
     (dict(order=2, smoothing="witten_bell"), ValueError), (dict(order=2, smoothing="add_k", k=0), ValueError),
     (dict(order=2, discount=1.5), ValueError), (dict(order=2, discount="big"), ValueError),
     (dict(order=2, min_count=0), ValueError), (dict(order=2, smoothing="interpolated", lam=0), ValueError),
+    (dict(order=2, discount="modified", discount_scale=0), ValueError),
+    (dict(order=2, discount=0.5, discount_scale=1.2), ValueError),
 ])
 def test_bad_constructor_arguments(bad, err):
     with pytest.raises(err):
