@@ -283,19 +283,22 @@ class NGramLM:
     def _gram_ids(self, x: np.ndarray) -> list[np.ndarray]:
         """For a token-id array, the id of the j-gram ending at each position, for
         j = 0..n-1 (-1 where that j-gram was never seen in training)."""
-        V = len(self.vocab)
         out = [np.zeros(len(x), dtype=np.int64)]
         for j in range(1, self.order):
             if j == 1:
                 prev = np.zeros(len(x), dtype=np.int64)  # the empty (0-gram) prefix
             else:
                 prev = np.full(len(x), -1, dtype=np.int64)
-                prev[1:] = out[-1][:-1]
-            ok = prev >= 0
-            gid = np.full(len(x), -1, dtype=np.int64)
-            gid[ok] = self._find(j, prev[ok] * V + x[ok])
-            out.append(gid)
+                prev[1:] = out[-1][:-1]  # the (j-1)-gram ending one position earlier
+            out.append(self._grams_after(j, prev, x))
         return out
+
+    def _grams_after(self, k: int, cid: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+        """Ids of the k-grams (context id ``cid`` (N,), then ``tokens`` (N,)), -1 if unseen."""
+        ok = cid >= 0
+        gid = np.full(len(tokens), -1, dtype=np.int64)
+        gid[ok] = self._find(k, cid[ok] * len(self.vocab) + tokens[ok])
+        return gid
 
     def _prob_ids(self, ctx_ids: list[np.ndarray], tokens: np.ndarray) -> np.ndarray:
         """P(token | context) for N queries: ``ctx_ids[j]`` (N,) holds the id of each
@@ -306,8 +309,7 @@ class NGramLM:
             ok = cid >= 0
             count = np.zeros(len(tokens))
             total = np.zeros(len(tokens))
-            gid = np.full(len(tokens), -1, dtype=np.int64)
-            gid[ok] = self._find(n, cid[ok] * V + tokens[ok])
+            gid = self._grams_after(n, cid, tokens)
             count[gid >= 0] = self._count[n][gid[gid >= 0]]
             total[ok] = self._ctx_total[n][cid[ok]]
             if self.smoothing == "mle":
@@ -320,8 +322,7 @@ class NGramLM:
         for k in range(1, n + 1):
             cid = ctx_ids[k - 1]
             ok = cid >= 0
-            gid = np.full(len(tokens), -1, dtype=np.int64)
-            gid[ok] = self._find(k, cid[ok] * V + tokens[ok])
+            gid = self._grams_after(k, cid, tokens)
             hit = gid >= 0
             if self.smoothing == "kneser_ney":
                 gamma = np.ones(len(tokens))
