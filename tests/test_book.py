@@ -52,24 +52,46 @@ def test_every_toc_page_is_built_and_nothing_else(site):
         assert not any(b.startswith(forbidden) for b in built), forbidden
 
 
+def chapter_pages():
+    """Chapter notebooks in the table of contents, e.g. ["book/ch01_ngrams", ...]."""
+    return [f for f in toc_files() if re.fullmatch(r"book/ch\d\d_\w+", f)]
+
+
+# the chapters that train models and so must put rows on the ladder
+LADDER_CHAPTERS = {"book/ch01_ngrams": 1, "book/ch02_tokenization": 2}
+
+
 def test_notebooks_were_executed_and_raised_nothing(site):
     html, _, log = site
-    page = (html / "book" / "ch01_ngrams.html").read_text()
-    assert "cell_output" in page  # outputs come from execution at build time
-    for marker in ("Traceback (most recent call last)", "NotImplementedError"):
-        assert marker not in page
+    assert set(LADDER_CHAPTERS) <= set(chapter_pages())
+    for f in chapter_pages():
+        page = (html / f"{f}.html").read_text()
+        assert "cell_output" in page, f  # outputs come from execution at build time
+        for marker in ("Traceback (most recent call last)", "NotImplementedError"):
+            assert marker not in page, (f, marker)
     assert "Executing notebook failed" not in log
 
 
-def test_chapter_one_feeds_the_ladder(site):
+@pytest.mark.parametrize("page_name,chapter", sorted(LADDER_CHAPTERS.items()))
+def test_chapters_feed_the_ladder(site, page_name, chapter):
     html, results, _ = site
-    records = [json.loads(p.read_text()) for p in results.glob("ch01-*.json")]
-    assert len(records) >= 2, "chapter 1 records its best n-gram and the KN 7-gram baseline"
+    records = [json.loads(p.read_text()) for p in results.glob(f"ch{chapter:02d}-*.json")]
+    assert records, f"{page_name} records its models on the ladder"
+    assert all(r["chapter"] == chapter and r["fast_mode"] for r in records)
+    if chapter == 1:
+        assert len(records) >= 2, "chapter 1 records its best n-gram and the KN 7-gram baseline"
     page = (html / "book" / "ladder.html").read_text()
     for r in records:  # every row is on the page, rendered as a table, marked as a shortened run
         cell = r"<td[^>]*>(<p>)?{}(</p>)?</td>"
         assert re.search(cell.format(re.escape(r["model"] + " (fast mode)")), page), r["model"]
         assert re.search(cell.format(re.escape(f"{r['test_bpc']:.3f}")), page), r["test_bpc"]
+
+
+def test_glued_numbers_are_all_filled_in(site):
+    html, _, _ = site
+    for f in chapter_pages():  # a {glue} that found no value leaves its role text in the page
+        page = (html / f"{f}.html").read_text()
+        assert "glue:text" not in page and "{glue" not in page, f
 
 
 def test_math_is_bundled_not_fetched(site):
@@ -82,13 +104,14 @@ def test_math_is_bundled_not_fetched(site):
 
 def test_notebook_pages_carry_a_colab_link(site):
     html, _, _ = site
-    page = (html / "book" / "ch01_ngrams.html").read_text()
     owner_repo = REPO_URL.removeprefix("https://github.com/")
-    links = set(re.findall(r'href="(https://colab\.research\.google\.com/[^"]+)"', page))
-    expected = f"https://colab.research.google.com/github/{owner_repo}/blob/main/book/ch01_ngrams.ipynb"
-    assert expected in links, links
-    # the link points at a notebook that is in the repository, at that path
-    assert (ROOT / "book" / "ch01_ngrams.ipynb").is_file()
+    for f in chapter_pages():
+        page = (html / f"{f}.html").read_text()
+        links = set(re.findall(r'href="(https://colab\.research\.google\.com/[^"]+)"', page))
+        expected = f"https://colab.research.google.com/github/{owner_repo}/blob/main/{f}.ipynb"
+        assert expected in links, links
+        # the link points at a notebook that is in the repository, at that path
+        assert (ROOT / f"{f}.ipynb").is_file()
 
 
 def find_chromium():
