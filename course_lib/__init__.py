@@ -7,6 +7,10 @@ One module per concept, in the order of the chapters:
   fixed train / validation / test splits by play.
 - ``course_lib.ngram``: counting n-gram language models with smoothing (chapter 1).
 - ``course_lib.tokenizers``: character, word and byte-level BPE tokenizers (chapter 2).
+- ``course_lib.train``: the training loop, evaluation, bits per character and sampling
+  that every neural chapter uses (chapter 3 on).
+- ``course_lib.neural_lm``: the bigram net and the MLP language model (chapter 3).
+- ``course_lib.embeddings``: word2vec, skip-gram with negative sampling (chapter 3).
 - ``course_lib.ladder``: the course ladder, bits per character on the test plays.
 - ``course_lib.grading``: checks used by the exercises' autograded tests.
 

@@ -1,0 +1,426 @@
+"""The training loop, evaluation and sampling that every neural chapter uses (chapter 3).
+
+Chapter 1 estimated probabilities by counting; from chapter 3 on, a model's parameters are
+learned by gradient descent on the cross-entropy. Every model keeps one contract
+(makemore, nanoGPT)::
+
+    logits, loss = model(idx, targets)   # idx, targets: (B, T) token ids; logits: (B, T, V)
+    model.get_block_size()               # how many previous tokens the model can see
+
+where ``logits[:, t]`` scores the token that follows ``idx[:, t]`` and ``loss`` is the mean
+cross-entropy in nats per token (``targets == -1`` are ignored). So this module is written
+once for the bigram net, the MLP, the RNN and the Transformers:
+
+- ``get_batch``: random windows of a token sequence, targets shifted by one;
+- ``train``: AdamW steps with an optional learning-rate schedule, gradient clipping and a
+  time budget (the chapters compare models at equal CPU time), returning a ``History``;
+- ``evaluate``: mean loss over a fixed set of random batches;
+- ``sequence_logprobs`` / ``bits_per_char``: the exact log-probability of every token of a
+  text, preceded by one start token like chapter 1's ``<s>`` (the course ladder's metric);
+- ``generate``: sampling, with temperature and top-k;
+- ``lr_sweep``: short runs at several learning rates.
+
+    >>> data = torch.tensor([0, 1, 2, 3, 4, 5])
+    >>> x, y = get_batch(data, block_size=3, batch_size=1, generator=torch.Generator().manual_seed(0))
+    >>> x.tolist(), y.tolist()   # y is x moved one step to the right
+    ([[2, 3, 4]], [[3, 4, 5]])
+
+Scope: one device, full precision, one optimizer step per batch. Later chapters add mixed
+precision, gradient accumulation and checkpoints here, so that there is still one loop.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from .runtime import pick_device, seed_everything
+
+__all__ = ["History", "get_batch", "evaluate", "train", "lr_sweep", "generate",
+           "sequence_logprobs", "bits_per_char"]
+
+
+# ---------------------------------------------------------------------------- checks
+def _check_positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be an integer > 0, got {value!r}")
+    return value
+
+
+def _check_tokens(name: str, data, min_len: int = 1) -> torch.Tensor:
+    """A 1-D integer tensor of at least ``min_len`` tokens, as int64."""
+    if not isinstance(data, torch.Tensor):
+        raise TypeError(f"expected {name} as a 1-D torch tensor of token ids (torch.tensor(ids)), "
+                        f"got {type(data).__name__}")
+    if data.dim() != 1:
+        raise ValueError(f"expected {name} of shape (N,), a 1-D sequence of token ids, got {tuple(data.shape)}")
+    if data.dtype == torch.bool or data.dtype.is_floating_point or data.dtype.is_complex:
+        raise TypeError(f"expected {name} to hold integer token ids, got dtype {data.dtype}")
+    if len(data) < min_len:
+        raise ValueError(f"{name} holds {len(data)} tokens; at least {min_len} are needed here")
+    return data.long()
+
+
+def _check_model(model) -> int:
+    if not isinstance(model, torch.nn.Module) or not callable(getattr(model, "get_block_size", None)):
+        raise TypeError("expected a language model: a torch.nn.Module with forward(idx, targets) -> "
+                        f"(logits, loss) and get_block_size(), got {type(model).__name__}")
+    return _check_positive_int("model.get_block_size()", model.get_block_size())
+
+
+def _model_device(model) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+@contextmanager
+def _eval_mode(model):
+    """No gradients and ``model.eval()`` inside; the model's mode is restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)
+
+
+# ---------------------------------------------------------------------------- batches
+def get_batch(data, block_size: int, batch_size: int, generator: torch.Generator | None = None,
+              device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """``batch_size`` random windows of ``block_size`` tokens from the 1-D tensor ``data``.
+
+    Returns ``(x, y)``, both (B, T) int64 with ``y[:, t] == data[i + t + 1]`` when
+    ``x[:, t] == data[i + t]``: every position of a window is one training example.
+    ``generator`` (a CPU ``torch.Generator``) makes the choice of windows reproducible.
+    """
+    _check_positive_int("block_size", block_size)
+    _check_positive_int("batch_size", batch_size)
+    data = _check_tokens("data", data)
+    if len(data) < block_size + 1:
+        raise ValueError(f"data holds {len(data)} tokens; a window of block_size={block_size} "
+                         f"needs at least {block_size + 1} (the inputs and one more target)")
+    starts = torch.randint(len(data) - block_size, (batch_size,), generator=generator)  # (B,)
+    offsets = starts[:, None] + torch.arange(block_size)  # (B, T)
+    x, y = data[offsets], data[offsets + 1]  # (B, T) each
+    return x.to(device), y.to(device)
+
+
+def evaluate(model, data, block_size: int | None = None, batch_size: int = 32, n_batches: int = 20,
+             seed: int = 0, generator: torch.Generator | None = None, device=None) -> float:
+    """Mean loss (nats per token) over ``n_batches`` random batches of ``data``.
+
+    The batches are fixed by ``seed`` (or drawn from ``generator``), so two calls with the
+    same seed measure the same tokens. No gradients; the model's train/eval mode is restored.
+    ``block_size`` defaults to ``model.get_block_size()``.
+    """
+    model_block = _check_model(model)
+    block_size = model_block if block_size is None else block_size
+    _check_positive_int("n_batches", n_batches)
+    device = _model_device(model) if device is None else device
+    generator = generator if generator is not None else torch.Generator().manual_seed(seed)
+    total = 0.0
+    with _eval_mode(model):
+        for _ in range(n_batches):
+            x, y = get_batch(data, block_size, batch_size, generator, device)
+            _, loss = model(x, y)
+            total += loss.item()
+    return total / n_batches
+
+
+# ---------------------------------------------------------------------------- training
+@dataclass
+class History:
+    """What ``train`` measured. Losses are mean cross-entropies in nats per token."""
+
+    steps: list[int] = field(default_factory=list)  # the steps at which both losses were evaluated
+    train_loss: list[float] = field(default_factory=list)  # loss on fixed batches of the training data
+    valid_loss: list[float] = field(default_factory=list)  # same on the validation data (empty without it)
+    step_losses: list[float] = field(default_factory=list)  # the loss of every training batch
+    seconds: float = 0.0  # wall-clock time of the training steps (evaluation not counted)
+    tokens_seen: int = 0  # training positions seen: steps * batch_size * block_size
+    diverged: bool = False  # training stopped at a loss that was not finite (lr too high?)
+
+    @property
+    def best_valid(self) -> float:
+        """The lowest validation loss measured."""
+        if not self.valid_loss:
+            raise ValueError("no validation loss was measured: pass valid_data to train()")
+        return min(self.valid_loss)
+
+    def plot(self, ax=None, title: str = "training and validation loss"):
+        """Draw the loss curves on ``ax`` (a new figure if None) and return the axes."""
+        import matplotlib.pyplot as plt
+
+        if ax is None:
+            _, ax = plt.subplots(figsize=(6, 3.5))
+        if self.step_losses:
+            ax.plot(range(len(self.step_losses)), self.step_losses, color="0.8", lw=0.8,
+                    label="training batch")
+        ax.plot(self.steps, self.train_loss, marker="o", ms=3, label="train")
+        if self.valid_loss:
+            ax.plot(self.steps, self.valid_loss, marker="o", ms=3, label="validation")
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss (nats per token)")
+        ax.set_title(title)
+        ax.legend()
+        return ax
+
+
+def train(model, train_data, valid_data=None, *, steps: int, batch_size: int = 32, block_size: int | None = None,
+          lr: float = 1e-3, weight_decay: float = 0.0, optimizer: torch.optim.Optimizer | None = None,
+          lr_schedule: Callable[[int], float] | None = None, eval_every: int = 100, eval_batches: int = 20,
+          grad_clip: float | None = None, device=None, seed: int = 1337, max_seconds: float | None = None,
+          progress: bool = True) -> History:
+    """Train ``model`` on random windows of ``train_data``; return its ``History``.
+
+    One step: a batch from ``get_batch``, ``loss.backward()``, optional gradient clipping to
+    norm ``grad_clip``, one optimizer step (by default AdamW with ``lr`` and decoupled
+    ``weight_decay`` on every parameter; both are unused when an ``optimizer`` is given).
+    ``lr_schedule(step)`` multiplies the base learning rate at each step (0-based). Train and
+    validation losses are evaluated on fixed batches at step 0, every ``eval_every`` steps
+    and at the end.
+
+    ``block_size`` is the length T of the training windows; it defaults to
+    ``model.get_block_size()``, the longest input a Transformer accepts. Models with a fixed
+    context (the bigram net, the MLP) accept longer windows and each position still uses its
+    own context, so a longer T gives more examples per window.
+
+    ``max_seconds`` stops training once the training steps have taken that long, so that
+    models can be compared at equal time. Training is seeded by ``seed`` (batches and any
+    dropout); initialise the model after ``seed_everything`` for a fully repeatable run.
+    A loss that is not finite stops training with a warning (``History.diverged``).
+    """
+    model_block = _check_model(model)
+    block_size = model_block if block_size is None else block_size
+    for name, value in [("steps", steps), ("batch_size", batch_size), ("block_size", block_size),
+                        ("eval_every", eval_every), ("eval_batches", eval_batches)]:
+        _check_positive_int(name, value)
+    for name, value in [("lr", lr), ("grad_clip", grad_clip), ("max_seconds", max_seconds)]:
+        if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    if not (isinstance(weight_decay, (int, float)) and weight_decay >= 0):
+        raise ValueError(f"weight_decay must be a number >= 0, got {weight_decay!r}")
+    train_data = _check_tokens("train_data", train_data, block_size + 1)
+    valid_data = None if valid_data is None else _check_tokens("valid_data", valid_data, block_size + 1)
+
+    seed_everything(seed)
+    device = pick_device() if device is None else device
+    model.to(device)
+    if optimizer is None:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    base_lrs = [group["lr"] for group in optimizer.param_groups]
+    batches = torch.Generator().manual_seed(seed)
+    history = History()
+    was_training = model.training
+
+    def measure(step: int) -> None:
+        history.steps.append(step)
+        for data, losses in [(train_data, history.train_loss), (valid_data, history.valid_loss)]:
+            if data is not None:  # the same batches at every evaluation: seed + 1
+                losses.append(evaluate(model, data, block_size, batch_size, eval_batches, seed=seed + 1,
+                                       device=device))
+
+    measure(0)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=steps, desc="training", unit="step")
+    step = 0
+    while step < steps and not history.diverged:
+        start = time.perf_counter()
+        if lr_schedule is not None:
+            for group, base in zip(optimizer.param_groups, base_lrs):
+                group["lr"] = base * lr_schedule(step)
+        model.train()
+        x, y = get_batch(train_data, block_size, batch_size, batches, device)  # (B, T) each
+        _, loss = model(x, y)
+        if loss is None or loss.dim() != 0:
+            raise TypeError("model(idx, targets) must return (logits, loss) with loss a scalar tensor")
+        history.step_losses.append(loss.item())
+        if not math.isfinite(history.step_losses[-1]):
+            history.diverged = True
+            warnings.warn(f"the loss is {history.step_losses[-1]} at step {step}: training stopped "
+                          "(try a lower learning rate)", RuntimeWarning, stacklevel=2)
+        else:
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            optimizer.step()
+            step += 1
+            history.tokens_seen += x.numel()
+        history.seconds += time.perf_counter() - start
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{history.step_losses[-1]:.4f}", refresh=False)
+        out_of_time = max_seconds is not None and history.seconds >= max_seconds
+        if step % eval_every == 0 and step < steps and not out_of_time and not history.diverged:
+            measure(step)
+        if out_of_time:
+            break
+    if bar is not None:
+        bar.close()
+    if history.steps[-1] != step:
+        measure(step)
+    model.train(was_training)
+    return history
+
+
+def lr_sweep(make_model: Callable[[], torch.nn.Module], train_data, lrs: Sequence[float], steps: int,
+             valid_data=None, seed: int = 1337, **train_kwargs) -> dict[float, float]:
+    """Final loss after ``steps`` steps at each learning rate, every run from the same seed.
+
+    ``make_model()`` builds a fresh model (called after seeding, so every run starts from
+    the same weights). The loss is the final validation loss if ``valid_data`` is given,
+    else the final training loss; a run that diverged scores ``inf``. ``train_kwargs`` go
+    to ``train`` (batch_size, block_size, device, ...). For example::
+
+        losses = lr_sweep(lambda: MLPLanguageModel(config), data, [1e-3, 1e-2, 1e-1], steps=200)
+        best_lr = min(losses, key=losses.get)
+    """
+    lrs = list(lrs)
+    if not lrs:
+        raise ValueError("lrs is empty: give at least one learning rate")
+    train_kwargs.setdefault("progress", False)
+    train_kwargs.setdefault("eval_every", steps)
+    results = {}
+    for lr in lrs:
+        seed_everything(seed)
+        history = train(make_model(), train_data, valid_data, steps=steps, lr=lr, seed=seed, **train_kwargs)
+        final = history.valid_loss[-1] if valid_data is not None else history.train_loss[-1]
+        results[lr] = final if not history.diverged and math.isfinite(final) else math.inf
+    return results
+
+
+# ---------------------------------------------------------------------------- sampling
+def generate(model, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+    """Continue each row of ``idx`` (B, T) by ``max_new_tokens`` sampled tokens; (B, T + new).
+
+    Each new token is drawn from softmax(logits / temperature) at the last position, given
+    the last ``model.get_block_size()`` tokens; ``top_k`` keeps only the k likeliest tokens
+    (``top_k=1`` is greedy decoding). Sampling happens on the CPU with ``generator`` (a CPU
+    ``torch.Generator``), so a seed gives the same text on every device.
+    """
+    block_size = _check_model(model)
+    if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.dtype.is_floating_point or idx.dtype == torch.bool:
+        shape = tuple(idx.shape) if isinstance(idx, torch.Tensor) else type(idx).__name__
+        raise ValueError(f"expected idx of shape (B, T) holding token ids, got {shape}; "
+                         "one prompt is idx[None, :]")
+    if idx.shape[1] == 0:
+        raise ValueError("idx has no tokens to continue: start from at least one token (e.g. the start token)")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+    if top_k is not None:
+        _check_positive_int("top_k", top_k)
+    device = _model_device(model)
+    idx = idx.long().to(device)
+    with _eval_mode(model):
+        for _ in range(max_new_tokens):
+            logits, _ = model(idx[:, -block_size:])  # (B, T, V)
+            logits = logits[:, -1, :].float().cpu() / temperature  # (B, V)
+            if top_k is not None and top_k < logits.shape[-1]:
+                kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
+                logits = logits.masked_fill(logits < kth, float("-inf"))
+            probs = F.softmax(logits, dim=-1)  # (B, V)
+            nxt = torch.multinomial(probs, 1, generator=generator)  # (B, 1)
+            idx = torch.cat([idx, nxt.to(device)], dim=1)  # (B, T + 1)
+    return idx
+
+
+# ---------------------------------------------------------------------------- scoring texts
+def sequence_logprobs(model, ids, start_id: int, batch_size: int = 64, device=None,
+                      window: int | None = None) -> torch.Tensor:
+    """Natural-log probability of every token of the 1-D sequence ``ids``, float64, shape (N,).
+
+    The sequence is preceded by one ``start_id`` token, so ``ids[0]`` is predicted from the
+    start token alone (chapter 1 padded with ``<s>`` the same way) and ``ids[j]`` from
+    ``min(j + 1, block_size)`` real tokens: no position is scored with a context cut short.
+
+    The model reads overlapping windows of ``window`` tokens (default
+    ``model.get_block_size()``, which every model accepts). The first window scores all its
+    positions; each later one only its last ``window - block_size + 1`` positions, those
+    that see a full context. Models that accept inputs longer than their block size (the
+    bigram net and the MLP) are much faster with a long window; the result is the same.
+
+        sequence [s, a, b, c, d] (s = start), block_size = window = 2:
+        windows  [s a] -> P(a|s), P(b|s a);  [a b] -> P(c|a b);  [b c] -> P(d|b c)
+    """
+    block_size = _check_model(model)
+    if isinstance(ids, (list, tuple)):
+        ids = torch.tensor(ids, dtype=torch.long if len(ids) == 0 else None)
+    ids = _check_tokens("ids", ids)
+    if isinstance(start_id, bool) or not isinstance(start_id, int) or start_id < 0:
+        raise ValueError(f"start_id must be a token id (an integer >= 0), got {start_id!r}")
+    _check_positive_int("batch_size", batch_size)
+    window = block_size if window is None else _check_positive_int("window", window)
+    if window < block_size:
+        raise ValueError(f"window={window} is shorter than the model's block_size={block_size}: "
+                         "positions would be scored with a context cut short")
+    n = len(ids)
+    inputs = torch.cat([torch.tensor([start_id]), ids[:-1]])  # (N,) token j is predicted after inputs[j]
+    length = min(window, n)
+    # windows as (first position, first position scored): the first scores everything
+    spans = [(0, 0)]
+    stride = length - block_size + 1
+    pos = length
+    while pos < n:
+        end = min(pos + stride, n)
+        spans.append((end - length, pos))
+        pos = end
+    starts = torch.tensor([s for s, _ in spans])  # (W,)
+    offsets = starts[:, None] + torch.arange(length)  # (W, T)
+    scored = offsets >= torch.tensor([p for _, p in spans])[:, None]  # (W, T) each position once
+    device = _model_device(model) if device is None else device
+    out = torch.empty(n, dtype=torch.float64)
+    with _eval_mode(model):
+        for i in range(0, len(spans), batch_size):
+            off, mask = offsets[i:i + batch_size], scored[i:i + batch_size]  # (B, T)
+            logits, _ = model(inputs[off].to(device))  # (B, T, V)
+            logp = F.log_softmax(logits.double(), dim=-1)  # (B, T, V)
+            logp = logp.gather(-1, ids[off].to(device)[..., None])[..., 0].cpu()  # (B, T)
+            out[off[mask]] = logp[mask]
+    return out
+
+
+def bits_per_char(model, texts_ids, start_id: int, n_chars: int | None = None, batch_size: int = 64,
+                  device=None, window: int | None = None) -> float:
+    """Bits per character of ``model`` on whole texts (the course ladder's metric).
+
+    ``texts_ids`` is a list of 1-D token sequences (one per play); each is scored by
+    ``sequence_logprobs`` after one ``start_id`` token. The result is the sum of -log2 P
+    over all tokens divided by ``n_chars``, the number of characters of the texts: by
+    default the number of tokens (right for character models); a subword model's caller
+    passes the texts' total length in characters, so models with any tokenizer compare.
+
+    A uniform model over V tokens scores log2(V) bits per character.
+    """
+    if isinstance(texts_ids, torch.Tensor) or (isinstance(texts_ids, (list, tuple)) and texts_ids
+                                                and isinstance(texts_ids[0], int)):
+        raise TypeError("expected a list of token sequences, one per text; for a single text pass [ids]")
+    texts_ids = list(texts_ids)
+    if not texts_ids:
+        raise ValueError("texts_ids is empty: give at least one text")
+    total_nats, n_tokens = 0.0, 0
+    for ids in texts_ids:
+        if len(ids) == 0:
+            continue  # an empty text has no characters to predict
+        total_nats -= sequence_logprobs(model, ids, start_id, batch_size, device, window).sum().item()
+        n_tokens += len(ids)
+    if n_tokens == 0:
+        raise ValueError("the texts hold no tokens")
+    n_chars = n_tokens if n_chars is None else n_chars
+    if isinstance(n_chars, bool) or not isinstance(n_chars, int) or n_chars <= 0:
+        raise ValueError(f"n_chars must be the number of characters of the texts, an integer > 0, got {n_chars!r}")
+    return total_nats / math.log(2) / n_chars
