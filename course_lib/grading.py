@@ -17,6 +17,17 @@ Two ways to earn points without doing the work are closed here:
         result = mle_prob(counts, "be", ("to",))                      # the student's
     check_close(result, expected)
 
+Tensors (chapter 3 on): ``check_tensor`` demands an exact ``torch.Tensor``, then checks
+its dtype, shape and values. A third shortcut, a torch function that does the whole part
+(``torch.softmax`` when the part is a softmax), is closed by ``switched_off``: while it
+is active, the functions it names raise. torch is imported only when ``check_tensor`` is
+called, so the chapters without torch never need it.
+
+    expected = torch.softmax(logits, dim=-1)                          # before
+    with no_course_lib(), switched_off([(torch, "softmax")], "write softmax yourself"):
+        result = softmax(logits)                                      # the student's
+    check_tensor(result, expected, "softmax(logits)")
+
 Scope: these checks run in the student's kernel, so they stop shortcuts, not a student
 determined to rewrite the checker; the pipeline tests show which submissions they stop.
 """
@@ -30,7 +41,7 @@ import sys
 import types
 from contextlib import contextmanager
 
-__all__ = ["ReferenceUsed", "check_type", "check_close", "no_course_lib"]
+__all__ = ["ReferenceUsed", "check_type", "check_close", "check_tensor", "no_course_lib", "switched_off"]
 
 _MESSAGE = (
     "graded code must be your own: it called course_lib, the reference it is graded "
@@ -79,6 +90,49 @@ def check_close(value, expected: float, what: str = "the result", rel: float = 1
         ok = math.isclose(value, expected, rel_tol=rel, abs_tol=abs_tol)
     if not ok:
         raise AssertionError(f"{what}: expected {expected!r} (relative tolerance {rel}), got {value!r}")
+
+
+def check_tensor(result, expected, what: str = "the result", rtol: float = 1e-5, atol: float = 1e-6) -> None:
+    """Assert ``result`` is a ``torch.Tensor`` (exactly) of ``expected``'s dtype and shape whose
+    values match within ``rtol`` and ``atol``; the message shows both tensors."""
+    import torch  # here, not at the top: the chapters without torch import this module too
+
+    check_type(result, torch.Tensor, what)
+    if result.dtype != expected.dtype:
+        raise AssertionError(f"{what}: expected dtype {expected.dtype}, got {result.dtype}")
+    if result.shape != expected.shape:
+        raise AssertionError(f"{what}: expected shape {tuple(expected.shape)}, got {tuple(result.shape)}")
+    torch.testing.assert_close(result, expected, rtol=rtol, atol=atol,
+                               msg=lambda m: f"{what}: expected\n{expected}\ngot\n{result}\n({m})")
+
+
+_ABSENT = object()  # the owner had no attribute of its own by that name (it may inherit one)
+
+
+@contextmanager
+def switched_off(functions, why: str):
+    """While active, calling any of the ``(owner, name)`` functions raises an ``AssertionError``
+    that names it and says ``why``; afterwards each is restored (or removed again if it was
+    not the owner's own attribute, so an inherited one shows through as before)."""
+    def refusal(owner, name):  # one function per name: torch's tracing rules expect distinct objects
+        def refuse(*args, **kwargs):
+            raise AssertionError(f"{owner.__name__}.{name} was called, but {why}")
+        return refuse
+
+    unique = {(id(owner), name): (owner, name) for owner, name in functions}.values()
+    saved = [(owner, name, vars(owner).get(name, _ABSENT)) for owner, name in unique]
+    replaced = []
+    try:
+        for owner, name, old in saved:
+            setattr(owner, name, refusal(owner, name))
+            replaced.append((owner, name, old))
+        yield
+    finally:
+        for owner, name, old in reversed(replaced):
+            if old is _ABSENT:
+                delattr(owner, name)
+            else:
+                setattr(owner, name, old)
 
 
 def _course_modules():
