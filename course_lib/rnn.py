@@ -51,8 +51,6 @@ when speed matters. Clipping is by the L2 norm only.
 from __future__ import annotations
 
 import math
-import time
-import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -61,15 +59,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .neural_lm import _check_idx, _loss
-from .runtime import pick_device, seed_everything
-from .train import (History, _check_model, _check_positive_int, _check_tokens, _eval_mode, _model_device,
-                    evaluate)
+from .runtime import pick_device
+from .train import (UNBOUNDED_CONTEXT, History, _check_model, _check_positive_int, _check_sampling, _check_settings,
+                    _check_tokens, _eval_mode, _fit, _model_device, _sample_next)
 
 __all__ = ["rnn_step", "lstm_step", "gru_step", "RNNCell", "LSTMCell", "GRUCell", "RNN", "LSTM", "GRU",
            "RNNConfig", "RNNLanguageModel", "UNBOUNDED_CONTEXT", "detach_state", "tbptt_batches", "train_tbptt",
            "clip_grad_norm", "gradient_norms_through_time"]
 
-UNBOUNDED_CONTEXT = 2**62  # get_block_size() of a model that can see the whole past
 _GATES = {"rnn": 1, "lstm": 4, "gru": 3}  # blocks of H rows in weight_ih / weight_hh
 
 
@@ -404,21 +401,12 @@ class RNNLanguageModel(nn.Module):
         then each new token costs one step instead of a pass over everything so far.
         Same arguments, same sampling (on the CPU with ``generator``), same tokens."""
         _check_idx(idx, self.config.vocab_size)
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
-        if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
-            raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
-        if top_k is not None:
-            _check_positive_int("top_k", top_k)
+        _check_sampling(max_new_tokens, temperature, top_k)
         idx = idx.long().to(_model_device(self))
         with _eval_mode(self):
             logits, state = self.forward_with_state(idx)  # (B, T, V): the prompt, once
             for i in range(max_new_tokens):
-                logits = logits[:, -1, :].float().cpu() / temperature  # (B, V)
-                if top_k is not None and top_k < logits.shape[-1]:
-                    kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
-                    logits = logits.masked_fill(logits < kth, float("-inf"))
-                nxt = torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator).to(idx.device)  # (B, 1)
+                nxt = _sample_next(logits, temperature, top_k, generator).to(idx.device)  # (B, 1)
                 idx = torch.cat([idx, nxt], dim=1)  # (B, T + 1)
                 if i < max_new_tokens - 1:
                     logits, state = self.forward_with_state(nxt, state)  # (B, 1, V): one step
@@ -462,10 +450,11 @@ def train_tbptt(model, train_data, valid_data=None, *, steps: int | None = None,
     state left by one chunk starts the next, detached, so each backward pass covers
     ``bptt`` steps while the forward pass carries the whole stream. Each pass over the data
     (an epoch) starts again from a zero state. Give ``steps`` or ``epochs``. Otherwise as
-    ``course_lib.train.train`` (AdamW, ``lr_schedule``, ``max_seconds``, divergence), with
-    ``grad_clip`` by ``clip_grad_norm`` on by default. The train and validation losses are
-    measured as ``train``'s are, by ``evaluate`` on fixed windows of ``bptt`` tokens read
-    from a zero state; ``bits_per_char`` measures whole texts.
+    ``course_lib.train.train``, whose loop it runs on these chunks (AdamW, ``lr_schedule``,
+    ``max_seconds``, divergence), with ``grad_clip`` by ``clip_grad_norm`` on by default.
+    The train and validation losses are measured as ``train``'s are, by ``evaluate`` on
+    fixed windows of ``bptt`` tokens read from a zero state; ``bits_per_char`` measures
+    whole texts.
     """
     _check_model(model)
     if not callable(getattr(model, "forward_with_state", None)):
@@ -473,80 +462,36 @@ def train_tbptt(model, train_data, valid_data=None, *, steps: int | None = None,
                         f"such as RNNLanguageModel; got {type(model).__name__} (course_lib.train.train trains it)")
     if (steps is None) == (epochs is None):
         raise ValueError(f"give steps or epochs (one of them), got steps={steps!r}, epochs={epochs!r}")
-    for name, value in [("batch_size", batch_size), ("bptt", bptt), ("eval_every", eval_every),
-                        ("eval_batches", eval_batches)] + ([("steps", steps)] if steps is not None else []):
-        _check_positive_int(name, value)
-    for name, value in [("epochs", epochs), ("lr", lr), ("grad_clip", grad_clip), ("max_seconds", max_seconds)]:
-        if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-            raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    _check_settings([("batch_size", batch_size), ("bptt", bptt), ("eval_every", eval_every),
+                     ("eval_batches", eval_batches)] + ([("steps", steps)] if steps is not None else []),
+                    [("epochs", epochs), ("lr", lr), ("grad_clip", grad_clip), ("max_seconds", max_seconds)],
+                    weight_decay)
     train_data = _check_tokens("train_data", train_data, max(2 * batch_size, bptt + 1))
     valid_data = None if valid_data is None else _check_tokens("valid_data", valid_data, bptt + 1)
     if steps is None:
         steps = max(1, math.ceil(epochs * math.ceil((len(train_data) // batch_size - 1) / bptt)))
-
-    seed_everything(seed)
     device = pick_device() if device is None else device
-    model.to(device)
-    if optimizer is None:
-        optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    base_lrs = [group["lr"] for group in optimizer.param_groups]
-    history, was_training = History(), model.training
+    state, chunks = None, iter(())
 
-    def measure(step: int) -> None:
-        history.steps.append(step)
-        for data, losses in [(train_data, history.train_loss), (valid_data, history.valid_loss)]:
-            if data is not None:
-                losses.append(evaluate(model, data, bptt, batch_size, eval_batches, seed=seed + 1, device=device))
-
-    measure(0)
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=steps, desc="training (TBPTT)", unit="step")
-    step, state, chunks = 0, None, iter(())
-    while step < steps and not history.diverged:
+    def next_batch():
+        nonlocal state, chunks
         batch = next(chunks, None)
         if batch is None:  # a new epoch: from the start of every stream, from a zero state
-            chunks, state = tbptt_batches(train_data, batch_size, bptt, device), None
-            continue
-        x, y = batch  # (B, T) each
-        start = time.perf_counter()
-        if lr_schedule is not None:
-            for group, base in zip(optimizer.param_groups, base_lrs):
-                group["lr"] = base * lr_schedule(step)
-        model.train()
+            state, chunks = None, tbptt_batches(train_data, batch_size, bptt, device)
+            batch = next(chunks)
+        return batch  # (B, T) each
+
+    def forward(x, y):
+        nonlocal state
         logits, state = model.forward_with_state(x, state)  # (B, T, V)
         state = detach_state(state)  # the next chunk starts here; its gradients stop here
-        loss = _loss(logits, y, logits.shape[-1])
-        history.step_losses.append(loss.item())
-        if not math.isfinite(history.step_losses[-1]):
-            history.diverged = True
-            warnings.warn(f"the loss is {history.step_losses[-1]} at step {step}: training stopped "
-                          "(try a lower learning rate)", RuntimeWarning, stacklevel=2)
-        else:
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if grad_clip is not None:
-                clip_grad_norm(model.parameters(), grad_clip)
-            optimizer.step()
-            step += 1
-            history.tokens_seen += x.numel()
-        history.seconds += time.perf_counter() - start
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{history.step_losses[-1]:.4f}", refresh=False)
-        out_of_time = max_seconds is not None and history.seconds >= max_seconds
-        if step % eval_every == 0 and step < steps and not out_of_time and not history.diverged:
-            measure(step)
-        if out_of_time:
-            break
-    if bar is not None:
-        bar.close()
-    if history.steps[-1] != step:
-        measure(step)
-    model.train(was_training)
-    return history
+        return _loss(logits, y, logits.shape[-1])
+
+    return _fit(model, train_data, valid_data, steps=steps, window=bptt, batch_size=batch_size,
+                next_batch=next_batch, forward=forward, lr=lr, weight_decay=weight_decay, optimizer=optimizer,
+                lr_schedule=lr_schedule, grad_clip=grad_clip, clip=clip_grad_norm, eval_every=eval_every,
+                eval_batches=eval_batches, device=device, seed=seed, max_seconds=max_seconds,
+                progress=progress, desc="training (TBPTT)")
 
 
 # ---------------------------------------------------------------------------- gradients

@@ -8,12 +8,14 @@ learned by gradient descent on the cross-entropy. Every model keeps one contract
     model.get_block_size()               # how many previous tokens the model can see
 
 where ``logits[:, t]`` scores the token that follows ``idx[:, t]`` and ``loss`` is the mean
-cross-entropy in nats per token (``targets == -1`` are ignored). So this module is written
-once for the bigram net, the MLP, the RNN and the Transformers:
+cross-entropy in nats per token (``targets == -1`` are ignored). A model that sees the whole
+past (chapter 4's RNN) returns ``UNBOUNDED_CONTEXT`` as its block size. So this module is
+written once for the bigram net, the MLP, the RNN and the Transformers:
 
 - ``get_batch``: random windows of a token sequence, targets shifted by one;
 - ``train``: AdamW steps with an optional learning-rate schedule, gradient clipping and a
-  time budget (the chapters compare models at equal CPU time), returning a ``History``;
+  time budget (the chapters compare models at equal CPU time), returning a ``History``
+  (chapter 4's ``train_tbptt`` runs the same loop on batches of its own);
 - ``evaluate``: mean loss over a fixed set of random batches;
 - ``sequence_logprobs`` / ``bits_per_char``: the exact log-probability of every token of a
   text, preceded by one start token like chapter 1's ``<s>`` (the course ladder's metric);
@@ -44,7 +46,9 @@ import torch.nn.functional as F
 from .runtime import pick_device, seed_everything
 
 __all__ = ["History", "get_batch", "evaluate", "train", "lr_sweep", "generate",
-           "sequence_logprobs", "bits_per_char"]
+           "sequence_logprobs", "bits_per_char", "UNBOUNDED_CONTEXT"]
+
+UNBOUNDED_CONTEXT = 2**62  # get_block_size() of a model that can see the whole past (the RNN)
 
 
 # ---------------------------------------------------------------------------- checks
@@ -73,6 +77,32 @@ def _check_model(model) -> int:
         raise TypeError("expected a language model: a torch.nn.Module with forward(idx, targets) -> "
                         f"(logits, loss) and get_block_size(), got {type(model).__name__}")
     return _check_positive_int("model.get_block_size()", model.get_block_size())
+
+
+def _window(model, block_size) -> int:
+    """``block_size``, or by default ``model.get_block_size()``: the length T of the windows
+    that ``train`` and ``evaluate`` read, each from the model's initial state."""
+    model_block = _check_model(model)
+    if block_size is not None:
+        return block_size
+    if model_block >= UNBOUNDED_CONTEXT:
+        raise ValueError(f"{type(model).__name__} sees the whole past (get_block_size() is UNBOUNDED_CONTEXT), "
+                         "so there is no window length to default to: pass block_size, the length T of the "
+                         "windows, each read from a zero state (e.g. block_size=64); course_lib.rnn.train_tbptt "
+                         "trains such a model on whole streams")
+    return model_block
+
+
+def _check_settings(ints, numbers, weight_decay) -> None:
+    """Run settings: every (name, value) of ``ints`` an integer > 0, of ``numbers`` None or a
+    finite number > 0; ``weight_decay`` a number >= 0."""
+    for name, value in ints:
+        _check_positive_int(name, value)
+    for name, value in numbers:
+        if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    if not (isinstance(weight_decay, (int, float)) and weight_decay >= 0):
+        raise ValueError(f"weight_decay must be a number >= 0, got {weight_decay!r}")
 
 
 def _model_device(model) -> torch.device:
@@ -119,10 +149,10 @@ def evaluate(model, data, block_size: int | None = None, batch_size: int = 32, n
 
     The batches are fixed by ``seed`` (or drawn from ``generator``), so two calls with the
     same seed measure the same tokens. No gradients; the model's train/eval mode is restored.
-    ``block_size`` defaults to ``model.get_block_size()``.
+    ``block_size`` defaults to ``model.get_block_size()``; a model that sees the whole past
+    (``UNBOUNDED_CONTEXT``, the RNN) has no default and needs an explicit ``block_size``.
     """
-    model_block = _check_model(model)
-    block_size = model_block if block_size is None else block_size
+    block_size = _window(model, block_size)
     _check_positive_int("n_batches", n_batches)
     device = _model_device(model) if device is None else device
     generator = generator if generator is not None else torch.Generator().manual_seed(seed)
@@ -191,33 +221,58 @@ def train(model, train_data, valid_data=None, *, steps: int, batch_size: int = 3
     ``block_size`` is the length T of the training windows; it defaults to
     ``model.get_block_size()``, the longest input a Transformer accepts. Models with a fixed
     context (the bigram net, the MLP) accept longer windows and each position still uses its
-    own context, so a longer T gives more examples per window.
+    own context, so a longer T gives more examples per window. A model that sees the whole
+    past (``UNBOUNDED_CONTEXT``, the RNN) has no default: pass ``block_size``, or train it
+    with ``course_lib.rnn.train_tbptt``.
 
     ``max_seconds`` stops training once the training steps have taken that long, so that
     models can be compared at equal time. Training is seeded by ``seed`` (batches and any
     dropout); initialise the model after ``seed_everything`` for a fully repeatable run.
     A loss that is not finite stops training with a warning (``History.diverged``).
     """
-    model_block = _check_model(model)
-    block_size = model_block if block_size is None else block_size
-    for name, value in [("steps", steps), ("batch_size", batch_size), ("block_size", block_size),
-                        ("eval_every", eval_every), ("eval_batches", eval_batches)]:
-        _check_positive_int(name, value)
-    for name, value in [("lr", lr), ("grad_clip", grad_clip), ("max_seconds", max_seconds)]:
-        if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-            raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    if not (isinstance(weight_decay, (int, float)) and weight_decay >= 0):
-        raise ValueError(f"weight_decay must be a number >= 0, got {weight_decay!r}")
+    block_size = _window(model, block_size)
+    _check_settings([("steps", steps), ("batch_size", batch_size), ("block_size", block_size),
+                     ("eval_every", eval_every), ("eval_batches", eval_batches)],
+                    [("lr", lr), ("grad_clip", grad_clip), ("max_seconds", max_seconds)], weight_decay)
     train_data = _check_tokens("train_data", train_data, block_size + 1)
     valid_data = None if valid_data is None else _check_tokens("valid_data", valid_data, block_size + 1)
-
-    seed_everything(seed)
     device = pick_device() if device is None else device
+    batches = torch.Generator().manual_seed(seed)
+
+    def forward(x, y):
+        _, loss = model(x, y)
+        if loss is None or loss.dim() != 0:
+            raise TypeError("model(idx, targets) must return (logits, loss) with loss a scalar tensor")
+        return loss
+
+    return _fit(model, train_data, valid_data, steps=steps, window=block_size, batch_size=batch_size,
+                next_batch=lambda: get_batch(train_data, block_size, batch_size, batches, device), forward=forward,
+                lr=lr, weight_decay=weight_decay, optimizer=optimizer, lr_schedule=lr_schedule,
+                grad_clip=grad_clip, clip=torch.nn.utils.clip_grad_norm_, eval_every=eval_every,
+                eval_batches=eval_batches, device=device, seed=seed, max_seconds=max_seconds,
+                progress=progress, desc="training")
+
+
+def _fit(model, train_data, valid_data, *, steps: int, window: int, batch_size: int,
+         next_batch: Callable[[], tuple[torch.Tensor, torch.Tensor]],
+         forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], lr, weight_decay, optimizer,
+         lr_schedule, grad_clip, clip, eval_every: int, eval_batches: int, device, seed: int, max_seconds,
+         progress: bool, desc: str) -> History:
+    """The one training loop of the course, run by ``train`` and ``course_lib.rnn.train_tbptt``.
+
+    They differ only in their batches: ``next_batch()`` gives the next (x, y), each (B, T)
+    on ``device``, and ``forward(x, y)`` its mean loss, a scalar (a stateful model carries
+    its state from one call to the next there). Everything else is here, once: seeding, the
+    optimizer, the learning-rate schedule, clipping by ``clip(parameters, grad_clip)``,
+    divergence, the progress bar, the time budget, and the losses on ``eval_batches`` fixed
+    windows of ``window`` tokens at step 0, every ``eval_every`` steps and at the end. Later
+    chapters add mixed precision, gradient accumulation and checkpoints here.
+    """
+    seed_everything(seed)
     model.to(device)
     if optimizer is None:
         optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     base_lrs = [group["lr"] for group in optimizer.param_groups]
-    batches = torch.Generator().manual_seed(seed)
     history = History()
     was_training = model.training
 
@@ -225,7 +280,7 @@ def train(model, train_data, valid_data=None, *, steps: int, batch_size: int = 3
         history.steps.append(step)
         for data, losses in [(train_data, history.train_loss), (valid_data, history.valid_loss)]:
             if data is not None:  # the same batches at every evaluation: seed + 1
-                losses.append(evaluate(model, data, block_size, batch_size, eval_batches, seed=seed + 1,
+                losses.append(evaluate(model, data, window, batch_size, eval_batches, seed=seed + 1,
                                        device=device))
 
     measure(0)
@@ -233,7 +288,7 @@ def train(model, train_data, valid_data=None, *, steps: int, batch_size: int = 3
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=steps, desc="training", unit="step")
+        bar = tqdm(total=steps, desc=desc, unit="step")
     step = 0
     while step < steps and not history.diverged:
         start = time.perf_counter()
@@ -241,20 +296,18 @@ def train(model, train_data, valid_data=None, *, steps: int, batch_size: int = 3
             for group, base in zip(optimizer.param_groups, base_lrs):
                 group["lr"] = base * lr_schedule(step)
         model.train()
-        x, y = get_batch(train_data, block_size, batch_size, batches, device)  # (B, T) each
-        _, loss = model(x, y)
-        if loss is None or loss.dim() != 0:
-            raise TypeError("model(idx, targets) must return (logits, loss) with loss a scalar tensor")
+        x, y = next_batch()  # (B, T) each
+        loss = forward(x, y)
         history.step_losses.append(loss.item())
         if not math.isfinite(history.step_losses[-1]):
             history.diverged = True
             warnings.warn(f"the loss is {history.step_losses[-1]} at step {step}: training stopped "
-                          "(try a lower learning rate)", RuntimeWarning, stacklevel=2)
+                          "(try a lower learning rate)", RuntimeWarning, stacklevel=3)
         else:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+                clip(model.parameters(), grad_clip)
             optimizer.step()
             step += 1
             history.tokens_seen += x.numel()
@@ -318,25 +371,41 @@ def generate(model, idx: torch.Tensor, max_new_tokens: int, temperature: float =
                          "one prompt is idx[None, :]")
     if idx.shape[1] == 0:
         raise ValueError("idx has no tokens to continue: start from at least one token (e.g. the start token)")
+    _check_sampling(max_new_tokens, temperature, top_k)
+    device = _model_device(model)
+    idx = idx.long().to(device)
+    with _eval_mode(model):
+        for _ in range(max_new_tokens):
+            logits, _ = model(idx[:, -block_size:])  # (B, T, V)
+            nxt = _sample_next(logits, temperature, top_k, generator)  # (B, 1)
+            idx = torch.cat([idx, nxt.to(device)], dim=1)  # (B, T + 1)
+    return idx
+
+
+def _check_sampling(max_new_tokens, temperature, top_k) -> None:
+    """The sampling arguments of ``generate`` (and ``RNNLanguageModel.generate``)."""
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
     if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
         raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
     if top_k is not None:
         _check_positive_int("top_k", top_k)
-    device = _model_device(model)
-    idx = idx.long().to(device)
-    with _eval_mode(model):
-        for _ in range(max_new_tokens):
-            logits, _ = model(idx[:, -block_size:])  # (B, T, V)
-            logits = logits[:, -1, :].float().cpu() / temperature  # (B, V)
-            if top_k is not None and top_k < logits.shape[-1]:
-                kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
-                logits = logits.masked_fill(logits < kth, float("-inf"))
-            probs = F.softmax(logits, dim=-1)  # (B, V)
-            nxt = torch.multinomial(probs, 1, generator=generator)  # (B, 1)
-            idx = torch.cat([idx, nxt.to(device)], dim=1)  # (B, T + 1)
-    return idx
+
+
+def _sample_next(logits: torch.Tensor, temperature: float, top_k: int | None,
+                 generator: torch.Generator | None) -> torch.Tensor:
+    """One token per row drawn from the last position of ``logits`` (B, T, V); (B, 1) on the CPU.
+
+    The distribution is softmax(logits / temperature) over the ``top_k`` likeliest tokens
+    (all if None); it is sampled on the CPU with ``generator``, so a seed gives the same
+    tokens on every device. ``top_k=1`` is greedy: logits [[[0.1, 2.0, -1.0]]] -> [[1]].
+    """
+    logits = logits[:, -1, :].float().cpu() / temperature  # (B, V)
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = F.softmax(logits, dim=-1)  # (B, V)
+    return torch.multinomial(probs, 1, generator=generator)  # (B, 1)
 
 
 # ---------------------------------------------------------------------------- scoring texts

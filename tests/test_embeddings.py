@@ -25,14 +25,7 @@ from course_lib.embeddings import (
 )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny batches gain nothing from threads, and on a busy machine waiting threads cost
-    seconds; restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: torch on one thread (conftest.py)
 
 
 def random_vecs(B, K, C, dtype=torch.float64, scale=1.0, seed=0):

@@ -13,13 +13,7 @@ from course_lib.neural_lm import BigramNet, MLPConfig, MLPLanguageModel, count_b
 from course_lib.train import train
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread is faster than two competing for a busy CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: torch on one thread (conftest.py)
 
 
 def make_mlp(V=7, k=3, C=4, H=16, seed=0):

@@ -15,7 +15,7 @@ from course_lib.rnn import (GRU, LSTM, RNN, UNBOUNDED_CONTEXT, GRUCell, LSTMCell
                             RNNLanguageModel, clip_grad_norm, detach_state, gradient_norms_through_time,
                             tbptt_batches, train_tbptt)
 from course_lib.neural_lm import MLPConfig, MLPLanguageModel
-from course_lib.train import bits_per_char, generate, sequence_logprobs
+from course_lib.train import bits_per_char, evaluate, generate, sequence_logprobs, train
 
 V, D, H, B, T = 7, 5, 4, 3, 6  # vocabulary, input size (torch's I), hidden size, batch, time
 TOL = dict(rtol=0, atol=1e-9)  # float64 against torch: only rounding differs
@@ -25,13 +25,7 @@ LAYERS = {"rnn": (RNN, nn.RNN), "lstm": (LSTM, nn.LSTM), "gru": (GRU, nn.GRU)}
 KINDS = ["rnn", "relu", "lstm", "gru"]  # "relu": the Elman cell with nonlinearity="relu"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread is faster than two competing for a busy CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: torch on one thread (conftest.py)
 
 
 def randn(*shape, seed=0):
@@ -292,6 +286,17 @@ def test_train_tbptt_learns_and_fills_history():
     assert model.training  # the mode is restored
 
 
+def test_train_and_evaluate_ask_the_rnn_for_a_block_size():
+    """The RNN sees the whole past: no window length to default to, so a clear error, not a
+    window of UNBOUNDED_CONTEXT tokens; with an explicit block_size both run."""
+    model, data = make_lm(dtype=torch.float32), torch.arange(50) % V
+    for call in (lambda: train(model, data, steps=1, progress=False), lambda: evaluate(model, data)):
+        with pytest.raises(ValueError, match=r"RNNLanguageModel sees the whole past .* pass block_size"):
+            call()
+    history = train(model, data, steps=2, block_size=8, batch_size=2, eval_batches=1, device="cpu", progress=False)
+    assert history.steps == [0, 2] and math.isfinite(evaluate(model, data, block_size=8, n_batches=2))
+
+
 # ---------------------------------------------------------------------------- gradients
 @pytest.mark.parametrize("max_norm", [0.5, 1e3])  # clipped, and left alone
 def test_clip_grad_norm_matches_torch(max_norm):
@@ -392,5 +397,7 @@ def test_errors_teach():
         train_tbptt(MLPLanguageModel(MLPConfig(vocab_size=V)), torch.arange(50) % V, steps=1)
     with pytest.raises(ValueError, match="give steps or epochs"):
         train_tbptt(make_lm(), torch.arange(50) % V, steps=1, epochs=1)
+    with pytest.raises(ValueError, match="weight_decay must be a number >= 0"):
+        train_tbptt(make_lm(), torch.arange(50) % V, steps=1, weight_decay=-0.1)
     with pytest.raises(ValueError, match="max_norm must be a finite number > 0"):
         clip_grad_norm([], 0.0)

@@ -19,13 +19,7 @@ matplotlib.use("Agg")
 V = 7
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread is faster than two competing for a busy CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: torch on one thread (conftest.py)
 
 
 def make_mlp(k=3, seed=0, vocab_size=V):
