@@ -380,20 +380,41 @@ class RNNLanguageModel(nn.Module):
         The same numbers as ``course_lib.train.sequence_logprobs`` (one pass over the
         text), in memory that grows with ``chunk_size`` instead of the text's length.
         """
-        ids = torch.tensor(ids, dtype=torch.long if len(ids) == 0 else None) if isinstance(ids, (list, tuple)) else ids
-        ids = _check_tokens("ids", ids)
+        return self.texts_logprobs([ids], start_id, chunk_size, device)[0]
+
+    def texts_logprobs(self, texts_ids, start_id: int, chunk_size: int = 1024, device=None) -> list[torch.Tensor]:
+        """``sequence_logprobs`` of several texts at once, read side by side as one batch.
+
+        A recurrent network reads a text step by step, so one long text keeps the machine
+        busy with one small matrix product per step; the texts of a split (the three test
+        plays) are read together, each a row of the batch, the shorter ones padded at the
+        end. Padding comes after a text's last token, so it changes none of its numbers.
+        ``course_lib.train.bits_per_char`` uses this method when a model has it.
+        """
+        texts = []
+        for ids in texts_ids:
+            ids = torch.tensor(ids, dtype=torch.long if len(ids) == 0 else None) if isinstance(ids, (list, tuple)) \
+                else ids
+            texts.append(_check_tokens("ids", ids))
         if isinstance(start_id, bool) or not isinstance(start_id, int) or not 0 <= start_id < self.config.vocab_size:
             raise ValueError(f"start_id must be a token id in 0..{self.config.vocab_size - 1}, got {start_id!r}")
         _check_positive_int("chunk_size", chunk_size)
+        if not texts:
+            return []
         device = _model_device(self) if device is None else device
-        inputs = torch.cat([torch.tensor([start_id]), ids[:-1]])  # (N,) token j is predicted after inputs[j]
-        out, state = torch.empty(len(ids), dtype=torch.float64), None
+        lengths = [len(t) for t in texts]
+        n = max(lengths)
+        targets = torch.full((len(texts), n), start_id, dtype=torch.long)  # (B, N) padded after each text's end
+        for b, t in enumerate(texts):
+            targets[b, :len(t)] = t
+        inputs = torch.cat([torch.full((len(texts), 1), start_id), targets[:, :-1]], dim=1)  # (B, N) shifted right
+        out, state = torch.empty(len(texts), n, dtype=torch.float64), None
         with _eval_mode(self):
-            for i in range(0, len(ids), chunk_size):
-                logits, state = self.forward_with_state(inputs[None, i:i + chunk_size].to(device), state)  # (1, T, V)
-                logp = F.log_softmax(logits[0].double(), dim=-1)  # (T, V)
-                out[i:i + chunk_size] = logp.gather(-1, ids[i:i + chunk_size, None].to(device))[:, 0].cpu()
-        return out
+            for i in range(0, n, chunk_size):
+                logits, state = self.forward_with_state(inputs[:, i:i + chunk_size].to(device), state)  # (B, T, V)
+                logp = F.log_softmax(logits.double(), dim=-1)  # (B, T, V)
+                out[:, i:i + chunk_size] = logp.gather(-1, targets[:, i:i + chunk_size, None].to(device))[..., 0].cpu()
+        return [out[b, :length] for b, length in enumerate(lengths)]
 
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
                  generator: torch.Generator | None = None) -> torch.Tensor:

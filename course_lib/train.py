@@ -468,10 +468,12 @@ def bits_per_char(model, texts_ids, start_id: int, n_chars: int | None = None, b
     """Bits per character of ``model`` on whole texts (the course ladder's metric).
 
     ``texts_ids`` is a list of 1-D token sequences (one per play); each is scored by
-    ``sequence_logprobs`` after one ``start_id`` token. The result is the sum of -log2 P
-    over all tokens divided by ``n_chars``, the number of characters of the texts: by
-    default the number of tokens (right for character models); a subword model's caller
-    passes the texts' total length in characters, so models with any tokenizer compare.
+    ``sequence_logprobs`` after one ``start_id`` token (or, for a model with a
+    ``texts_logprobs`` method such as the RNN's, by that method, all texts in one batch).
+    The result is the sum of -log2 P over all tokens divided by ``n_chars``, the number
+    of characters of the texts: by default the number of tokens (right for character
+    models); a subword model's caller passes the texts' total length in characters, so
+    models with any tokenizer compare.
 
     A uniform model over V tokens scores log2(V) bits per character.
     """
@@ -482,10 +484,13 @@ def bits_per_char(model, texts_ids, start_id: int, n_chars: int | None = None, b
     if not texts_ids:
         raise ValueError("texts_ids is empty: give at least one text")
     total_nats, n_tokens = 0.0, 0
-    for ids in texts_ids:
-        if len(ids) == 0:
-            continue  # an empty text has no characters to predict
-        total_nats -= sequence_logprobs(model, ids, start_id, batch_size, device, window).sum().item()
+    texts_ids = [ids for ids in texts_ids if len(ids) > 0]  # an empty text has no characters to predict
+    if hasattr(model, "texts_logprobs"):  # a recurrent model reads the texts side by side, exactly
+        logprobs = model.texts_logprobs(texts_ids, start_id, device=device)
+    else:
+        logprobs = [sequence_logprobs(model, ids, start_id, batch_size, device, window) for ids in texts_ids]
+    for ids, lp in zip(texts_ids, logprobs, strict=True):
+        total_nats -= lp.sum().item()
         n_tokens += len(ids)
     if n_tokens == 0:
         raise ValueError("the texts hold no tokens")

@@ -191,6 +191,23 @@ def test_chunked_scoring_equals_one_pass(chunk_size):
 
 
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("chunk_size", [3, 50])
+def test_texts_side_by_side_equal_each_text_alone(cell, chunk_size):
+    model = make_lm(cell, layers=2, seed=6)
+    gen = torch.Generator().manual_seed(7)
+    texts = [torch.randint(V, (n,), generator=gen) for n in (17, 4, 30, 1)]  # unequal lengths: padding
+    together = model.texts_logprobs(texts, start_id=2, chunk_size=chunk_size)
+    assert [t.shape for t in together] == [(17,), (4,), (30,), (1,)]
+    for ids, lp in zip(texts, together):
+        torch.testing.assert_close(lp, sequence_logprobs(model, ids, start_id=2), **TOL)  # the generic path
+    total = -sum(lp.sum() for lp in together).item() / math.log(2) / sum(len(t) for t in texts)
+    assert bits_per_char(model, texts, start_id=2) == pytest.approx(total, rel=1e-12)
+    assert model.texts_logprobs([], start_id=2) == []
+    with pytest.raises(ValueError, match="start_id"):
+        model.texts_logprobs(texts, start_id=V)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
 def test_cached_generate_equals_uncached(cell):
     model = make_lm(cell, layers=2, seed=4)
     prompt = torch.tensor([[1, 2, 3], [4, 5, 6]])
