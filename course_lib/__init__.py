@@ -11,6 +11,12 @@ One module per concept, in the order of the chapters:
   that every neural chapter uses (chapter 3 on).
 - ``course_lib.neural_lm``: the bigram net and the MLP language model (chapter 3).
 - ``course_lib.embeddings``: word2vec, skip-gram with negative sampling (chapter 3).
+- ``course_lib.rnn``: RNN, LSTM and GRU cells and language models, truncated BPTT (chapter 4).
+- ``course_lib.translation_data``: the date-translation task and a checked downloader (chapter 5).
+- ``course_lib.seq2seq``: encoder-decoder models with attention, greedy and beam search (chapter 5).
+- ``course_lib.metrics``: BLEU, ROUGE, accuracy, precision, recall, F1, perplexity (chapter 5).
+- ``course_lib.attention`` and ``course_lib.transformer``: attention, multi-head
+  attention and the Transformer from scratch (chapter 6).
 - ``course_lib.ladder``: the course ladder, bits per character on the test plays.
 - ``course_lib.grading``: checks used by the exercises' autograded tests.
 
