@@ -57,8 +57,6 @@ from __future__ import annotations
 
 import math
 import random
-import time
-import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -68,8 +66,8 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from .neural_lm import _check_idx, _loss
 from .rnn import GRU, LSTM
-from .runtime import pick_device, seed_everything
-from .train import History, _check_positive_int, _eval_mode, _model_device
+from .runtime import pick_device
+from .train import History, _check_positive_int, _eval_mode, _fit, _model_device
 from .translation_data import collate
 
 __all__ = ["Seq2SeqConfig", "Encoder", "AdditiveAttention", "DotAttention", "Decoder", "Seq2Seq",
@@ -564,12 +562,9 @@ def train_seq2seq(model: Seq2Seq, train_pairs, src_vocab, tgt_vocab, valid_pairs
     if not train_pairs:
         raise ValueError("train_pairs is empty")
     valid_pairs = None if valid_pairs is None else list(valid_pairs)[:eval_size]
-    seed_everything(seed)
     device = pick_device() if device is None else device
-    model.to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     rng = random.Random(seed)
-    history, was_training = Seq2SeqHistory(), model.training
+    history = Seq2SeqHistory()
 
     def measure(step: int) -> bool:
         """Evaluate; True if the target accuracy is reached."""
@@ -581,48 +576,23 @@ def train_seq2seq(model: Seq2Seq, train_pairs, src_vocab, tgt_vocab, valid_pairs
         history.valid_accuracy.append(exact_match(model, valid_pairs, src_vocab, tgt_vocab))
         return target_accuracy is not None and history.valid_accuracy[-1] >= target_accuracy
 
-    reached = measure(0)
-    bar = None
-    if progress:
-        from tqdm import tqdm
+    order = []
 
-        bar = tqdm(total=steps, desc="training seq2seq", unit="step")
-    step, order = 0, []
-    while step < steps and not reached and not history.diverged:
+    def next_batch():
+        nonlocal order
         if len(order) < batch_size:  # a new epoch: a new order of the pairs
             order = list(range(len(train_pairs)))
             rng.shuffle(order)
         idx, order = order[:batch_size], order[batch_size:]
-        start = time.perf_counter()
-        model.train()
         src, lengths, tgt_in, tgt_out = (t.to(device) for t in collate([train_pairs[i] for i in idx],
                                                                           src_vocab, tgt_vocab))
-        _, loss = model(src, lengths, tgt_in, tgt_out)
-        history.step_losses.append(loss.item())
-        if not math.isfinite(history.step_losses[-1]):
-            history.diverged = True
-            warnings.warn(f"the loss is {history.step_losses[-1]} at step {step}: training stopped "
-                          "(try a lower learning rate)", RuntimeWarning, stacklevel=2)
-            break
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        optimizer.step()
-        step += 1
-        history.tokens_seen += (tgt_out != -1).sum().item()
-        history.seconds += time.perf_counter() - start
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{history.step_losses[-1]:.4f}", refresh=False)
-        out_of_time = max_seconds is not None and history.seconds >= max_seconds
-        if step % eval_every == 0 or step == steps or out_of_time:
-            reached = measure(step)
-        if out_of_time:
-            break
-    if bar is not None:
-        bar.close()
-    if history.steps[-1] != step:
-        measure(step)
-    model.train(was_training)
-    return history
+        return (src, lengths, tgt_in), tgt_out
+
+    def forward(x, tgt_out):
+        return model(*x, tgt_out)[1]
+
+    return _fit(model, None, None, steps=steps, window=1, batch_size=batch_size, next_batch=next_batch,
+                forward=forward, lr=lr, weight_decay=weight_decay, optimizer=None, lr_schedule=None,
+                grad_clip=grad_clip, clip=torch.nn.utils.clip_grad_norm_, eval_every=eval_every, eval_batches=1,
+                device=device, seed=seed, max_seconds=max_seconds, progress=progress, desc="training seq2seq",
+                measure=measure, history=history)

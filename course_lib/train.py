@@ -257,7 +257,8 @@ def _fit(model, train_data, valid_data, *, steps: int, window: int, batch_size: 
          next_batch: Callable[[], tuple[torch.Tensor, torch.Tensor]],
          forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], lr, weight_decay, optimizer,
          lr_schedule, grad_clip, clip, eval_every: int, eval_batches: int, device, seed: int, max_seconds,
-         progress: bool, desc: str) -> History:
+         progress: bool, desc: str, measure: Callable[[int], bool] | None = None,
+         history: History | None = None) -> History:
     """The one training loop of the course, run by ``train`` and ``course_lib.rnn.train_tbptt``.
 
     They differ only in their batches: ``next_batch()`` gives the next (x, y), each (B, T)
@@ -265,7 +266,9 @@ def _fit(model, train_data, valid_data, *, steps: int, window: int, batch_size: 
     its state from one call to the next there). Everything else is here, once: seeding, the
     optimizer, the learning-rate schedule, clipping by ``clip(parameters, grad_clip)``,
     divergence, the progress bar, the time budget, and the losses on ``eval_batches`` fixed
-    windows of ``window`` tokens at step 0, every ``eval_every`` steps and at the end. Later
+    windows of ``window`` tokens at step 0, every ``eval_every`` steps and at the end. A
+    model with other data (chapter 5's sentence pairs) passes its own ``measure(step)``,
+    which appends to its ``history`` and returns True to stop training early. Later
     chapters add mixed precision, gradient accumulation and checkpoints here.
     """
     seed_everything(seed)
@@ -273,24 +276,26 @@ def _fit(model, train_data, valid_data, *, steps: int, window: int, batch_size: 
     if optimizer is None:
         optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     base_lrs = [group["lr"] for group in optimizer.param_groups]
-    history = History()
+    history = History() if history is None else history
     was_training = model.training
 
-    def measure(step: int) -> None:
+    def measure_windows(step: int) -> bool:
         history.steps.append(step)
         for data, losses in [(train_data, history.train_loss), (valid_data, history.valid_loss)]:
             if data is not None:  # the same batches at every evaluation: seed + 1
                 losses.append(evaluate(model, data, window, batch_size, eval_batches, seed=seed + 1,
                                        device=device))
+        return False
 
-    measure(0)
+    measure = measure_windows if measure is None else measure
+    stop = measure(0)
     bar = None
     if progress:
         from tqdm import tqdm
 
         bar = tqdm(total=steps, desc=desc, unit="step")
     step = 0
-    while step < steps and not history.diverged:
+    while step < steps and not stop and not history.diverged:
         start = time.perf_counter()
         if lr_schedule is not None:
             for group, base in zip(optimizer.param_groups, base_lrs):
@@ -310,14 +315,14 @@ def _fit(model, train_data, valid_data, *, steps: int, window: int, batch_size: 
                 clip(model.parameters(), grad_clip)
             optimizer.step()
             step += 1
-            history.tokens_seen += x.numel()
+            history.tokens_seen += int((y != -1).sum())  # the targets predicted; -1 marks padding
         history.seconds += time.perf_counter() - start
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{history.step_losses[-1]:.4f}", refresh=False)
         out_of_time = max_seconds is not None and history.seconds >= max_seconds
         if step % eval_every == 0 and step < steps and not out_of_time and not history.diverged:
-            measure(step)
+            stop = measure(step)
         if out_of_time:
             break
     if bar is not None:
