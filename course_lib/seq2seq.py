@@ -67,7 +67,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from .neural_lm import _check_idx, _loss
 from .rnn import GRU, LSTM
 from .runtime import pick_device
-from .train import History, _check_positive_int, _eval_mode, _fit, _model_device
+from .train import History, _check_positive_int, _check_settings, _eval_mode, _fit, _model_device
 from .translation_data import collate
 
 __all__ = ["Seq2SeqConfig", "Encoder", "AdditiveAttention", "DotAttention", "Decoder", "Seq2Seq",
@@ -550,12 +550,9 @@ def train_seq2seq(model: Seq2Seq, train_pairs, src_vocab, tgt_vocab, valid_pairs
     evaluation that reaches it; ``max_seconds`` once the training steps (evaluation not
     counted, as in ``course_lib.train``) have taken that long.
     """
-    for name, value in [("steps", steps), ("batch_size", batch_size), ("eval_every", eval_every),
-                        ("eval_size", eval_size)]:
-        _check_positive_int(name, value)
-    for name, value in [("lr", lr), ("grad_clip", grad_clip), ("max_seconds", max_seconds)]:
-        if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-            raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    _check_settings([("steps", steps), ("batch_size", batch_size), ("eval_every", eval_every),
+                     ("eval_size", eval_size)],
+                    [("lr", lr), ("grad_clip", grad_clip), ("max_seconds", max_seconds)], weight_decay)
     if target_accuracy is not None and not 0 < target_accuracy <= 1:
         raise ValueError(f"target_accuracy must be in (0, 1], got {target_accuracy!r}")
     train_pairs = list(train_pairs)
