@@ -12,9 +12,9 @@ sequence. Two tasks, one offline and one online:
       [('FRIDAY, FEBRUARY 15, 2019', '2019-02-15'), ("jun 18 '25", '2025-06-18'), ('07.04.1957', '1957-04-07')]
 
 - **English-French sentence pairs** (online). ``download`` fetches a file once, checks its
-  SHA-256 and caches it; ``load_sentence_pairs`` reads the tab-separated
-  ``English<TAB>French<TAB>attribution`` lines of the widely used Tatoeba-derived
-  ``fra-eng`` files (a ``.txt``, or the ``.zip`` that holds ``fra.txt``).
+  checksum (SHA-256, or the SHA-1 a file was published with) and caches it;
+  ``load_sentence_pairs`` reads the tab-separated ``English<TAB>French<TAB>attribution``
+  lines of the widely used Tatoeba-derived ``fra-eng`` files (a ``.txt``, or the ``.zip`` that holds ``fra.txt``).
 
 Conventions of the date task (each format is in ``DATE_FORMATS``):
 
@@ -63,7 +63,7 @@ import torch
 __all__ = ["DATE_FORMATS", "DATE_SOURCE_CHARS", "FIRST_DATE", "LAST_DATE", "SPLIT_SIZES", "SPLITS",
            "ordinal_suffix", "ordinal_word", "two_digit_year",
            "format_date", "make_date_pairs", "date_splits", "CharVocab", "date_vocabs", "collate",
-           "DownloadError", "ChecksumError", "sha256_of", "download", "load_sentence_pairs"]
+           "DownloadError", "ChecksumError", "checksum_of", "download", "load_sentence_pairs"]
 
 FIRST_DATE, LAST_DATE = dt.date(1950, 1, 1), dt.date(2049, 12, 31)  # every two-digit year has one reading
 SPLITS = ("train", "valid", "test")
@@ -311,26 +311,32 @@ class DownloadError(OSError):
 
 
 class ChecksumError(ValueError):
-    """The bytes fetched are not the file expected: their SHA-256 differs."""
+    """The bytes fetched are not the file expected: their checksum differs."""
 
 
 _OFFLINE_HINT = ("This part of chapter 5 needs the internet (e.g. on Colab); the date task "
                  "(course_lib.translation_data.date_splits) works without it.")
 
 
-def sha256_of(path, chunk_size: int = 1 << 20) -> str:
-    """The SHA-256 of a file's bytes, as 64 lowercase hex digits."""
-    h = hashlib.sha256()
+_DIGITS = {"sha256": 64, "sha1": 40}  # hex digits of each accepted checksum
+
+
+def checksum_of(path, chunk_size: int = 1 << 20, algorithm: str = "sha256") -> str:
+    """The SHA-256 (or ``algorithm``: "sha1") of a file's bytes, as lowercase hex digits."""
+    h = hashlib.new(algorithm)
     with open(path, "rb") as f:
         while chunk := f.read(chunk_size):
             h.update(chunk)
     return h.hexdigest()
 
 
-def download(url: str, dest, sha256: str, timeout: float = 30.0, chunk_size: int = 1 << 16) -> Path:
+def download(url: str, dest, sha256: str | None = None, timeout: float = 30.0, chunk_size: int = 1 << 16, *,
+             sha1: str | None = None) -> Path:
     """Fetch ``url`` to ``dest`` once and check it; return ``dest`` as a ``Path``.
 
-    If ``dest`` already holds a file with the SHA-256 ``sha256``, nothing is fetched.
+    The expected checksum is given as ``sha256`` (64 hex digits) or, for files published
+    with one, ``sha1`` (40 hex digits): exactly one of the two. If ``dest`` already holds a
+    file with that checksum, nothing is fetched.
     Otherwise the body is streamed to a temporary file next to ``dest`` while its SHA-256
     is computed; only if it matches is the file renamed to ``dest`` (``os.replace``, atomic
     on one file system), so ``dest`` is never a partial or wrong file. On a mismatch the
@@ -340,17 +346,21 @@ def download(url: str, dest, sha256: str, timeout: float = 30.0, chunk_size: int
     """
     if not isinstance(url, str) or not url.startswith(("http://", "https://", "file://")):
         raise ValueError(f"expected an http(s):// or file:// URL, got {url!r}")
-    if not isinstance(sha256, str) or not re.fullmatch(r"[0-9a-fA-F]{64}", sha256):
-        raise ValueError(f"expected sha256 as 64 hex digits (e.g. from `sha256sum FILE`), got {sha256!r}")
+    if (sha256 is None) == (sha1 is None):
+        raise ValueError("give the expected checksum as sha256=... or sha1=... (exactly one)")
+    algorithm, expected = ("sha256", sha256) if sha1 is None else ("sha1", sha1)
+    if not isinstance(expected, str) or not re.fullmatch(rf"[0-9a-fA-F]{{{_DIGITS[algorithm]}}}", expected):
+        raise ValueError(f"expected {algorithm} as {_DIGITS[algorithm]} hex digits (e.g. from `{algorithm}sum FILE`), "
+                         f"got {expected!r}")
     if not (isinstance(timeout, (int, float)) and timeout > 0):
         raise ValueError(f"timeout must be a number of seconds > 0, got {timeout!r}")
-    sha256, dest = sha256.lower(), Path(dest)
-    if dest.is_file() and sha256_of(dest) == sha256:
+    expected, dest = expected.lower(), Path(dest)
+    if dest.is_file() and checksum_of(dest, algorithm=algorithm) == expected:
         return dest  # cached
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
     try:
-        h = hashlib.sha256()
+        h = hashlib.new(algorithm)
         with os.fdopen(fd, "wb") as f:
             try:
                 with urllib.request.urlopen(url, timeout=timeout) as response:
@@ -369,8 +379,8 @@ def download(url: str, dest, sha256: str, timeout: float = 30.0, chunk_size: int
             except OSError as e:
                 raise DownloadError(f"could not download {url}: {e}. {_OFFLINE_HINT}") from e
         got = h.hexdigest()
-        if got != sha256:
-            raise ChecksumError(f"the file downloaded from {url} has SHA-256 {got}, expected {sha256}: it is not "
+        if got != expected:
+            raise ChecksumError(f"the file downloaded from {url} has {algorithm} {got}, expected {expected}: it is not "
                                 "the file this chapter was written for (changed on the server, or damaged on the "
                                 f"way). Nothing was saved to {dest}.")
         os.replace(tmp, dest)

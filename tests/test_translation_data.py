@@ -19,7 +19,7 @@ import torch
 from course_lib.translation_data import (DATE_FORMATS, FIRST_DATE, LAST_DATE, SPLIT_SIZES, ChecksumError, CharVocab,
                                          DownloadError, collate, date_splits, date_vocabs, download, format_date,
                                          load_sentence_pairs, make_date_pairs, ordinal_suffix, ordinal_word,
-                                         sha256_of, two_digit_year)
+                                         checksum_of, two_digit_year)
 
 # ---------------------------------------------------------------------------- dates
 D = dt.date(1999, 3, 3)  # a Wednesday
@@ -264,7 +264,7 @@ def test_download_then_cache(server, tmp_path):
     dest = tmp_path / "cache" / "pairs.txt"
     body = server.files["/pairs.txt"]
     assert download(server.url + "/pairs.txt", dest, sha(body)) == dest
-    assert dest.read_bytes() == body and sha256_of(dest) == sha(body)
+    assert dest.read_bytes() == body and checksum_of(dest) == sha(body)
     assert server.requests == ["/pairs.txt"]
     assert download(server.url + "/pairs.txt", dest, sha(body).upper()) == dest  # valid cache: no request
     assert server.requests == ["/pairs.txt"]
@@ -276,7 +276,7 @@ def test_download_then_cache(server, tmp_path):
 
 def test_checksum_mismatch_leaves_nothing(server, tmp_path):
     dest = tmp_path / "pairs.txt"
-    with pytest.raises(ChecksumError, match=r"has SHA-256 [0-9a-f]{64}, expected 0{64}.*Nothing was saved"):
+    with pytest.raises(ChecksumError, match=r"has sha256 [0-9a-f]{64}, expected 0{64}.*Nothing was saved"):
         download(server.url + "/pairs.txt", dest, "0" * 64)
     assert leftovers(tmp_path) == ["built.zip"]  # no pairs.txt, no .part file
 
@@ -319,6 +319,25 @@ def test_download_argument_errors(tmp_path):
         download("ftp://127.0.0.1/x", tmp_path / "x", "0" * 64)
     with pytest.raises(ValueError, match="timeout"):
         download("http://127.0.0.1/x", tmp_path / "x", "0" * 64, timeout=0)
+    with pytest.raises(ValueError, match="exactly one"):
+        download("http://127.0.0.1/x", tmp_path / "x")
+    with pytest.raises(ValueError, match="exactly one"):
+        download("http://127.0.0.1/x", tmp_path / "x", "0" * 64, sha1="0" * 40)
+    with pytest.raises(ValueError, match="sha1 as 40 hex digits"):
+        download("http://127.0.0.1/x", tmp_path / "x", sha1="0" * 64)
+
+
+def test_download_with_sha1(server, tmp_path):
+    """Files published with a SHA-1 (the chapter's English-French file) are checked with it."""
+    body = server.files["/pairs.txt"]
+    dest = tmp_path / "pairs.txt"
+    assert download(server.url + "/pairs.txt", dest, sha1=hashlib.sha1(body).hexdigest()) == dest
+    assert dest.read_bytes() == body and checksum_of(dest, algorithm="sha1") == hashlib.sha1(body).hexdigest()
+    download(server.url + "/pairs.txt", dest, sha1=hashlib.sha1(body).hexdigest())  # cached: no request
+    assert server.requests == ["/pairs.txt"]
+    with pytest.raises(ChecksumError, match=r"has sha1 [0-9a-f]{40}, expected 0{40}"):
+        download(server.url + "/pairs.txt", tmp_path / "other.txt", sha1="0" * 40)
+    assert not (tmp_path / "other.txt").exists()
 
 
 # ---------------------------------------------------------------------------- sentence pairs
