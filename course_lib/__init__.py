@@ -17,6 +17,8 @@ One module per concept, in the order of the chapters:
 - ``course_lib.metrics``: BLEU, ROUGE, accuracy, precision, recall, F1, perplexity (chapter 5).
 - ``course_lib.attention`` and ``course_lib.transformer``: attention, multi-head
   attention and the Transformer from scratch (chapter 6).
+- ``course_lib.gpt``: GPT-2's decoder-only Transformer, loading GPT-2 weights, generation
+  with a key-value cache, top-k and top-p sampling (chapter 7).
 - ``course_lib.ladder``: the course ladder, bits per character on the test plays.
 - ``course_lib.grading``: checks used by the exercises' autograded tests.
 

@@ -1,0 +1,472 @@
+"""GPT: the decoder-only Transformer of GPT-2, its key-value cache and its sampling (chapter 7).
+
+Chapter 6's ``TransformerLM`` already is a decoder-only language model. GPT-2 (Radford et
+al. 2019, "Language Models are Unsupervised Multitask Learners") fixes a handful of its
+choices, and this module makes them, with the parameter names of OpenAI's checkpoint (as
+nanoGPT does), so that ``GPT.from_hf`` loads a ``transformers.GPT2LMHeadModel`` as it is:
+
+- **pre-LN blocks** and a final LayerNorm ``ln_f``; **learned positions** ``wpe``;
+- one fused projection ``c_attn`` (C -> 3C) for the queries, keys and values of all heads;
+  attention computed by ``F.scaled_dot_product_attention(..., is_causal=True)``, which on a
+  GPU runs a fused (flash) kernel that never stores the (T, T) weights;
+- an MLP C -> 4C -> C with GELU in its tanh approximation (GPT-2's ``gelu_new``);
+- **weight tying** (Press & Wolf 2017): the output layer ``lm_head`` is the token embedding
+  ``wte``, the same (V, C) Parameter, so logits = h @ wte^T and V*C parameters are saved;
+- **GPT-2's initialisation**: every weight N(0, 0.02), biases 0, and the two projections
+  that write into the residual stream (both ``c_proj``) N(0, 0.02 / sqrt(2 n_layer)), so
+  the stream's variance does not grow with depth (2 n_layer additions).
+
+Each block is two residual lines, ``x = x + attn(ln_1(x))`` and ``x = x + mlp(ln_2(x))``.
+
+Generation adds a **key-value cache** (``KVCache``). Without one, producing token t+1
+feeds the whole prefix again, O(T) work per position and O(T^2) per token. But the keys
+and values of earlier positions never change (causality), so they are kept per layer and
+each step feeds only the newest token, whose query attends to the cached keys. Positions
+are learned *absolute* embeddings, mixed into every cached key: once a sequence is longer
+than ``block_size`` and its first token is dropped, every position shifts and the cache
+is stale. ``generate`` then recomputes the cache from the last ``block_size`` tokens, at
+every further step; so cached and uncached generation give the same tokens, the uncached
+one (nanoGPT's) being the definition.
+
+Sampling filters the logits first: ``top_k_filter`` keeps the k likeliest tokens (Fan et
+al. 2018), ``top_p_filter`` the smallest set whose probability reaches p ("nucleus
+sampling", Holtzman et al. 2020); both equal ``transformers``' ``TopKLogitsWarper`` and
+``TopPLogitsWarper`` (tests check it). ``temperature`` must be > 0; greedy decoding is
+``top_k=1``, as in ``course_lib.train.generate``.
+
+    >>> _ = torch.manual_seed(0)
+    >>> model = GPT(GPTConfig(vocab_size=10, block_size=8, n_layer=2, n_head=2, n_embd=16))
+    >>> logits, loss = model(torch.tensor([[1, 2, 3]]), torch.tensor([[2, 3, 4]]))
+    >>> tuple(logits.shape), abs(loss.item() - math.log(10)) < 0.1   # at initialisation about uniform
+    ((1, 3, 10), True)
+    >>> model.lm_head.weight is model.transformer.wte.weight   # tied
+    True
+
+Scope: the model, its cache and its sampling. Its training recipe (AdamW with weight decay
+on matrices only, warm-up and cosine decay, mixed precision) comes with the chapter; no
+padding masks (the sequences of a batch have one length), no rotary positions (chapter 6's
+``apply_rotary``), no preallocated cache (ours grows by ``torch.cat``, a copy per step,
+small beside the matmuls). ``lm_head`` has no bias, as GPT-2's.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .neural_lm import _check_idx, _loss
+from .train import _check_positive_int, _check_sampling, _eval_mode, _model_device
+
+__all__ = ["GPTConfig", "LayerNorm", "CausalSelfAttention", "MLP", "Block", "KVCache", "GPT",
+           "top_k_filter", "top_p_filter"]
+
+
+# ---------------------------------------------------------------------------- config
+@dataclass
+class GPTConfig:
+    vocab_size: int  # V: the tokenizer's vocabulary (GPT-2: 50257)
+    block_size: int  # the longest context, the rows of the position table wpe (GPT-2: 1024)
+    n_layer: int  # blocks (GPT-2 small: 12)
+    n_head: int  # nh: attention heads, each of head size hs = n_embd // n_head (GPT-2 small: 12)
+    n_embd: int  # C: the width of the residual stream (GPT-2 small: 768)
+    dropout: float = 0.0  # on the embeddings, the attention weights and each sublayer's output (GPT-2: 0.1)
+    bias: bool = True  # biases in the Linear layers and LayerNorms (GPT-2: True; False is a bit faster)
+
+    def __post_init__(self):
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            _check_positive_int(f"GPTConfig.{name}", getattr(self, name))
+        if self.n_embd % self.n_head:
+            fits = self.n_head * max(1, self.n_embd // self.n_head)
+            raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}: each head gets "
+                             f"n_embd // n_head numbers (e.g. n_embd={fits})")
+        if isinstance(self.dropout, bool) or not (isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1):
+            raise ValueError(f"GPTConfig.dropout must be a probability in [0, 1), got {self.dropout!r}")
+        if not isinstance(self.bias, bool):
+            raise ValueError(f"GPTConfig.bias must be True or False, got {self.bias!r}")
+
+    @classmethod
+    def from_hf(cls, hf_config) -> GPTConfig:
+        """The ``GPTConfig`` of a ``transformers.GPT2Config``; an error for what GPT cannot compute.
+
+        n_positions -> block_size; GPT-2's three dropouts must be equal (one ``dropout`` here);
+        the activation must be GELU's tanh form (``gelu_new``), the MLP 4 * n_embd wide, the
+        LayerNorm eps 1e-5, attention scaled by 1 / sqrt(hs) and without cross-attention.
+        """
+        if getattr(hf_config, "model_type", None) != "gpt2":
+            raise TypeError(f"expected a transformers GPT2Config, got {type(hf_config).__name__}")
+        c = hf_config
+        drops = {name: getattr(c, name) for name in ("embd_pdrop", "attn_pdrop", "resid_pdrop")}
+        unsupported = {
+            "activation_function in ('gelu_new', 'gelu_pytorch_tanh')":
+                c.activation_function in ("gelu_new", "gelu_pytorch_tanh"),
+            "n_inner None or 4 * n_embd": c.n_inner in (None, 4 * c.n_embd),
+            "layer_norm_epsilon == 1e-5": c.layer_norm_epsilon == 1e-5,
+            "scale_attn_weights True": c.scale_attn_weights,
+            "scale_attn_by_inverse_layer_idx False": not c.scale_attn_by_inverse_layer_idx,
+            "add_cross_attention False": not getattr(c, "add_cross_attention", False),
+            "tie_word_embeddings True": getattr(c, "tie_word_embeddings", True),
+            f"embd_pdrop == attn_pdrop == resid_pdrop (got {drops})": len(set(drops.values())) == 1,
+        }
+        failed = [rule for rule, ok in unsupported.items() if not ok]
+        if failed:
+            raise ValueError("this GPT2Config has what GPT does not compute; expected " + "; ".join(failed))
+        return cls(vocab_size=c.vocab_size, block_size=c.n_positions, n_layer=c.n_layer, n_head=c.n_head,
+                   n_embd=c.n_embd, dropout=float(c.resid_pdrop), bias=True)
+
+
+def _check_config(config) -> GPTConfig:
+    if not isinstance(config, GPTConfig):
+        raise TypeError(f"expected a GPTConfig, got {type(config).__name__}")
+    return config
+
+
+# ---------------------------------------------------------------------------- the block
+class LayerNorm(nn.Module):
+    """Chapter 6's LayerNorm, (x - mean) / sqrt(var + eps) * weight + bias, computed by one
+    ``F.layer_norm`` kernel, with the bias optional (``bias=False``: none, as nanoGPT allows)."""
+
+    def __init__(self, n_embd: int, bias: bool = True, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(n_embd))  # (C,)
+        self.bias = nn.Parameter(torch.zeros(n_embd)) if bias else None  # (C,)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)  # (..., C)
+
+
+class KVCache:
+    """The keys and values of every layer for the positions read so far; ``len(cache)`` of them.
+
+    ``update(layer, k, v)`` appends the new (B, nh, T, hs) keys and values of ``layer`` and
+    returns all of them, (B, nh, P + T, hs), P the positions cached before. ``GPT.forward``
+    with ``cache=`` places its tokens after those P positions.
+
+        cache = KVCache(); model(prompt, cache=cache)   # len(cache) = prompt length
+        model(next_token, cache=cache)                  # one position more, the prompt not re-read
+    """
+
+    def __init__(self):
+        self.keys: list[torch.Tensor] = []  # one (B, nh, P, hs) per layer
+        self.values: list[torch.Tensor] = []
+
+    def __len__(self) -> int:
+        return self.keys[0].shape[2] if self.keys else 0
+
+    @property
+    def batch_size(self) -> int | None:
+        return self.keys[0].shape[0] if self.keys else None
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if layer == len(self.keys):  # the first tokens this layer sees
+            self.keys.append(k)
+            self.values.append(v)
+        else:
+            self.keys[layer] = torch.cat([self.keys[layer], k], dim=2)  # (B, nh, P + T, hs)
+            self.values[layer] = torch.cat([self.values[layer], v], dim=2)
+        return self.keys[layer], self.values[layer]
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention with one fused projection ``c_attn`` (C -> 3C) and ``c_proj``.
+
+    ``forward(x (B, T, C), cache=None) -> (B, T, C)``. ``c_attn`` computes [q | k | v] for all
+    heads in one matmul (chapter 6's three projections stacked). With a ``cache`` holding
+    P positions, the T new queries attend to the P + T keys, query t to keys 0..P+t;
+    ``layer``, the block's index, names this layer's entry in the cache.
+    """
+
+    def __init__(self, config: GPTConfig, layer: int = 0):
+        super().__init__()
+        c = _check_config(config)
+        self.n_head, self.n_embd, self.dropout, self.layer = c.n_head, c.n_embd, c.dropout, layer
+        self.c_attn = nn.Linear(c.n_embd, 3 * c.n_embd, bias=c.bias)  # (3C, C): W^Q, W^K, W^V stacked
+        self.c_proj = nn.Linear(c.n_embd, c.n_embd, bias=c.bias)  # W^O (C, C), writes into the residual stream
+        self.resid_dropout = nn.Dropout(c.dropout)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        B, T, C = x.shape
+        nh, hs = self.n_head, C // self.n_head
+        q, k, v = self.c_attn(x).split(C, dim=2)  # (B, T, 3C) -> three (B, T, C)
+        q = q.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
+        if cache is not None:
+            k, v = cache.update(self.layer, k, v)  # (B, nh, P + T, hs): the cached keys and these
+        P = k.shape[2] - T  # positions before the new ones
+        p = self.dropout if self.training else 0.0
+        if P == 0:  # the usual case: the causal mask, which fused kernels build themselves
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)  # (B, nh, T, hs)
+        elif T == 1:  # one new token: its query may see every key
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
+        else:  # new query t sits at position P + t: it sees keys 0..P+t (is_causal would align at the top left)
+            mask = torch.ones(T, P + T, dtype=torch.bool, device=x.device).tril(diagonal=P)  # (T, P + T)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+        y = y.transpose(1, 2).reshape(B, T, C)  # (B, nh, T, hs) -> (B, T, nh, hs) -> (B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    """C -> 4C -> C with GELU between: ``c_proj(gelu(c_fc(x)))``, the same at every position.
+
+    GELU(x) = x * Phi(x); GPT-2 uses the tanh approximation
+    0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), ``F.gelu(x, approximate="tanh")``.
+    """
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        c = _check_config(config)
+        self.c_fc = nn.Linear(c.n_embd, 4 * c.n_embd, bias=c.bias)  # (4C, C)
+        self.c_proj = nn.Linear(4 * c.n_embd, c.n_embd, bias=c.bias)  # (C, 4C), writes into the residual stream
+        self.dropout = nn.Dropout(c.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.gelu(self.c_fc(x), approximate="tanh")  # (B, T, C) -> (B, T, 4C)
+        return self.dropout(self.c_proj(h))  # (B, T, 4C) -> (B, T, C)
+
+
+class Block(nn.Module):
+    """A pre-LN block: ``x = x + attn(ln_1(x))``, then ``x = x + mlp(ln_2(x))``; (B, T, C) -> (B, T, C)."""
+
+    def __init__(self, config: GPTConfig, layer: int = 0):
+        super().__init__()
+        c = _check_config(config)
+        self.ln_1 = LayerNorm(c.n_embd, bias=c.bias)
+        self.attn = CausalSelfAttention(c, layer)
+        self.ln_2 = LayerNorm(c.n_embd, bias=c.bias)
+        self.mlp = MLP(c)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache)
+        x = x + self.mlp(self.ln_2(x))
+        return x
+
+
+# ---------------------------------------------------------------------------- the model
+class GPT(nn.Module):
+    """GPT-2's language model: ``forward(idx (B, T), targets=None, cache=None) -> (logits (B, T, V), loss)``.
+
+    T <= ``block_size``; ``logits[:, t]`` scores the token after ``idx[:, :t+1]``; ``loss``
+    is the mean cross-entropy over the positions where ``targets != -1``, None without
+    targets (the course's contract, ``course_lib.train`` trains it). With a ``KVCache``
+    holding P positions, ``idx`` continues them: its tokens sit at positions P..P+T-1
+    (P + T <= ``block_size``) and the logits are those of the new positions.
+    """
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        c = self.config = _check_config(config)
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(c.vocab_size, c.n_embd),  # (V, C) token embeddings
+            wpe=nn.Embedding(c.block_size, c.n_embd),  # (block_size, C) learned positions
+            drop=nn.Dropout(c.dropout),
+            h=nn.ModuleList([Block(c, layer) for layer in range(c.n_layer)]),
+            ln_f=LayerNorm(c.n_embd, bias=c.bias),
+        ))
+        self.lm_head = nn.Linear(c.n_embd, c.vocab_size, bias=False)  # (V, C)
+        self.transformer.wte.weight = self.lm_head.weight  # weight tying: one (V, C) Parameter, two uses
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):  # the residual projections: 2 per block add into the stream
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * c.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def get_block_size(self) -> int:
+        return self.config.block_size
+
+    def num_parameters(self, non_embedding: bool = False) -> int:
+        """All parameters (the tied matrix once); ``non_embedding=True``: without ``wte`` and
+        ``wpe``, the N of Kaplan et al. (2020), about 12 * n_layer * n_embd^2. (nanoGPT
+        subtracts ``wpe`` only, counting the tied ``wte`` as the output layer.)"""
+        n = sum(p.numel() for p in self.parameters())  # parameters() yields a shared Parameter once
+        if non_embedding:
+            n -= self.transformer.wte.weight.numel() + self.transformer.wpe.weight.numel()
+        return n
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None):
+        c = self.config
+        _check_idx(idx, c.vocab_size)
+        B, T = idx.shape
+        P = 0
+        if cache is not None:
+            if not isinstance(cache, KVCache):
+                raise TypeError(f"expected cache as a KVCache, got {type(cache).__name__}")
+            P = len(cache)
+            if cache.batch_size not in (None, B):
+                raise ValueError(f"the cache holds {cache.batch_size} sequences but idx has B={B}: "
+                                 "a cache continues the batch it was filled with")
+        if P + T > c.block_size:
+            where = f"the cache holds P={P} positions and idx adds T={T}, " if cache is not None else ""
+            raise ValueError(f"expected idx of shape (B, T) with {'P + ' if cache is not None else ''}T <= "
+                             f"block_size={c.block_size}, got {tuple(idx.shape)}; {where}keep the last "
+                             f"{c.block_size} tokens at most (generate crops the context)")
+        pos = torch.arange(P, P + T, device=idx.device)  # (T,) the positions of the new tokens
+        x = self.transformer.wte(idx.long()) + self.transformer.wpe(pos)  # (B, T, C) + (T, C)
+        x = self.transformer.drop(x)
+        for block in self.transformer.h:
+            x = block(x, cache)
+        logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, C) @ (C, V) -> (B, T, V)
+        return logits, _loss(logits, targets, c.vocab_size)
+
+    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+                 top_p: float | None = None, use_cache: bool = True,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        """Continue each row of ``idx`` (B, T) by ``max_new_tokens`` sampled tokens; (B, T + new).
+
+        Each token is drawn from softmax(logits / temperature), filtered by ``top_k_filter``
+        then ``top_p_filter`` (that order, as ``transformers``), given the last
+        ``block_size`` tokens. ``temperature`` must be > 0; ``top_k=1`` is greedy decoding.
+        Sampling runs on the CPU with ``generator``, so a seed gives the same tokens on every
+        device. ``use_cache=True`` feeds one token per step to a ``KVCache``; once the
+        sequence outgrows ``block_size`` the cache is rebuilt from the last ``block_size``
+        tokens at each step (positions shift), so the tokens equal ``use_cache=False``'s.
+        The model is in eval mode inside; its mode is restored after.
+        """
+        if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.dtype.is_floating_point \
+                or idx.dtype == torch.bool:
+            shape = tuple(idx.shape) if isinstance(idx, torch.Tensor) else type(idx).__name__
+            raise ValueError(f"expected idx of shape (B, T) holding token ids, got {shape}; one prompt is idx[None, :]")
+        if idx.shape[1] == 0:
+            raise ValueError("idx has no tokens to continue: start from at least one token (e.g. the start token)")
+        _check_sampling(max_new_tokens, temperature, top_k)
+        if top_p is not None:
+            _check_top_p(top_p)
+        if not isinstance(use_cache, bool):
+            raise ValueError(f"use_cache must be True or False, got {use_cache!r}")
+        block_size = self.config.block_size
+        idx = idx.long().to(_model_device(self))
+        cache = None
+        with _eval_mode(self):
+            for _ in range(max_new_tokens):
+                if cache is not None and len(cache) < block_size:
+                    logits, _ = self(idx[:, -1:], cache=cache)  # (B, 1, V): the newest token, the rest cached
+                else:  # the first step, no cache, or positions that shifted: read the context again
+                    cache = KVCache() if use_cache else None
+                    logits, _ = self(idx[:, -block_size:], cache=cache)  # (B, T, V)
+                scores = logits[:, -1, :].float() / temperature  # (B, V)
+                if top_k is not None:
+                    scores = top_k_filter(scores, top_k)
+                if top_p is not None:
+                    scores = top_p_filter(scores, top_p)
+                probs = F.softmax(scores, dim=-1).cpu()  # (B, V)
+                nxt = torch.multinomial(probs, 1, generator=generator)  # (B, 1)
+                idx = torch.cat([idx, nxt.to(idx.device)], dim=1)  # (B, T + 1)
+        return idx
+
+    @classmethod
+    def from_hf(cls, source, config: GPTConfig | None = None) -> GPT:
+        """A GPT with the weights of a ``transformers`` GPT-2 (copied; dtype and device kept).
+
+        ``source``: a ``GPT2LMHeadModel`` (or ``GPT2Model``), whose config gives the
+        ``GPTConfig`` (``GPTConfig.from_hf``); or the state dict of one, with ``config``.
+        The keys are ours already (``transformer.h.0.attn.c_attn.weight``, ...); the one
+        difference is that GPT-2's ``Conv1D`` stores a weight as (in, out), the transpose of
+        ``nn.Linear``'s (out, in), so ``c_attn``, ``c_proj`` and ``c_fc`` weights are
+        transposed. The causal-mask buffers of older versions (``attn.bias``,
+        ``attn.masked_bias``) are skipped; ``lm_head.weight`` must equal ``wte`` (tied).
+
+            GPT.from_hf(GPT2LMHeadModel(GPT2Config(...)))   # or GPT.from_hf(state_dict, config=...)
+        """
+        if isinstance(source, nn.Module):
+            hf_config = getattr(source, "config", None)
+            if getattr(hf_config, "model_type", None) != "gpt2":
+                raise TypeError(f"expected a transformers GPT2LMHeadModel (or its state_dict with config=), "
+                                f"got {type(source).__name__}")
+            from_model = GPTConfig.from_hf(hf_config)
+            if config is not None and config != from_model:
+                raise ValueError(f"config={config} differs from the model's own {from_model}; leave config out")
+            config, state = from_model, source.state_dict()
+            training = source.training
+        elif isinstance(source, dict):
+            if config is None:
+                raise ValueError("a state_dict does not say how many heads the model has: pass config=GPTConfig(...)")
+            state, training = source, True
+        else:
+            raise TypeError(f"expected a transformers GPT2LMHeadModel or its state_dict, got {type(source).__name__}")
+        _check_config(config)
+        if state and not any(key.startswith("transformer.") for key in state):  # a GPT2Model: no prefix
+            state = {f"transformer.{key}": value for key, value in state.items()}
+        state = {key: value for key, value in state.items()
+                 if not key.endswith((".attn.bias", ".attn.masked_bias"))}  # mask buffers, not parameters
+        head = state.pop("lm_head.weight", None)
+        wte = state.get("transformer.wte.weight")
+        if head is not None and wte is not None and not torch.equal(head, wte):
+            raise ValueError("lm_head.weight differs from transformer.wte.weight: GPT ties them, this model does not")
+        any_tensor = next(iter(state.values()), None)
+        model = cls(config)
+        if any_tensor is not None:
+            model = model.to(device=any_tensor.device, dtype=any_tensor.dtype)
+        ours = {key: value for key, value in model.state_dict().items() if key != "lm_head.weight"}
+        missing, unexpected = sorted(set(ours) - set(state)), sorted(set(state) - set(ours))
+        if missing or unexpected:
+            raise ValueError(f"the state_dict does not fit {config}: missing keys {missing[:6]}, "
+                             f"unexpected keys {unexpected[:6]}")
+        transposed = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+        values = {key: state[key].t() if key.endswith(transposed) else state[key]  # Conv1D (in, out) -> (out, in)
+                  for key in ours}
+        for key, target in ours.items():
+            if values[key].shape != target.shape:
+                raise ValueError(f"{key}: expected shape {tuple(target.shape)} for {config}, got "
+                                 f"{tuple(values[key].shape)}")
+        with torch.no_grad():
+            for key, target in ours.items():
+                target.copy_(values[key])
+        return model.train(training)
+
+
+# ---------------------------------------------------------------------------- sampling filters
+def _check_logits(logits) -> None:
+    if not isinstance(logits, torch.Tensor) or logits.dim() == 0 or not logits.dtype.is_floating_point:
+        got = f"{tuple(logits.shape)} {logits.dtype}" if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ValueError(f"expected logits as a float tensor of shape (..., V), got {got}")
+
+
+def _check_top_p(p) -> float:
+    if isinstance(p, bool) or not (isinstance(p, (int, float)) and 0 < p <= 1):
+        raise ValueError(f"top_p must be a probability in (0, 1] (1 keeps every token), got {p!r}")
+    return p
+
+
+def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """``logits`` (..., V) with all but the k largest of each row set to -inf (ties with the
+    k-th largest are kept); k >= V keeps everything. ``TopKLogitsWarper(k)`` of transformers.
+
+        top_k_filter(torch.tensor([1.0, 3.0, 2.0]), 2) -> [-inf, 3.0, 2.0]
+    """
+    _check_logits(logits)
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be an integer >= 1 (k=1 keeps the likeliest token only), got {k!r}")
+    k = min(k, logits.shape[-1])
+    kth = torch.topk(logits, k, dim=-1).values[..., -1:]  # (..., 1) the k-th largest of each row
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """``logits`` (..., V) keeping, per row, the smallest set of likeliest tokens whose
+    probability reaches ``p``, the rest set to -inf ("nucleus sampling", Holtzman et al. 2020).
+
+    As ``TopPLogitsWarper(p)`` of transformers: sort the probabilities in ascending order
+    and remove the tokens whose cumulative probability is <= 1 - p; the likeliest token
+    always stays. Probabilities [0.5, 0.3, 0.2]: p=0.4 keeps the first token, p=0.7 the
+    first two (0.8 >= 0.7; ascending sums 0.2, 0.5, 1.0 against 1 - p = 0.3), p=1 all.
+    """
+    _check_logits(logits)
+    _check_top_p(p)
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=False)  # (..., V) ascending
+    cumulative = sorted_logits.float().softmax(dim=-1).cumsum(dim=-1)  # (..., V) mass of the unlikeliest tokens
+    remove = cumulative <= 1 - p  # (..., V) in sorted order
+    remove[..., -1] = False  # keep the likeliest token whatever p
+    remove = remove.scatter(-1, order, remove)  # back to the vocabulary's order
+    return logits.masked_fill(remove, float("-inf"))
