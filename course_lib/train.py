@@ -22,31 +22,60 @@ written once for the bigram net, the MLP, the RNN and the Transformers:
 - ``generate``: sampling, with temperature and top-k;
 - ``lr_sweep``: short runs at several learning rates.
 
+Chapter 7 adds GPT's training recipe to the same loop (GPT-2, GPT-3; nanoGPT's ``train.py``):
+
+- ``configure_optimizer``: AdamW (betas 0.9, 0.95) with weight decay on the matrices of the
+  Linear layers only. Decay regularises the maps that mix features; pulling a LayerNorm
+  gain or a bias to 0 only switches features off, and an embedding row is updated only
+  when its token occurs, so decay would shrink rare tokens most.
+- ``warmup_cosine``: a linear warm-up, then a cosine decay to a floor. At the start Adam's
+  second-moment estimates rest on a few gradients and the weights are random, so full
+  steps are unstable; later, a smaller step settles into the minimum the large steps
+  found. It plugs into ``train``'s ``lr_schedule``.
+- clipping the gradient norm (``grad_clip``, chapter 4), so one unlucky batch cannot throw
+  the weights far;
+- gradient accumulation (``accumulate``): the gradient of a large batch, summed over
+  micro-batches that fit in memory, each loss divided by their number;
+- mixed precision (``precision``, ``resolve_precision``): the matmuls in bf16 (or fp16 with
+  a gradient scaler that keeps small gradients from underflowing), the weights and the
+  optimizer in fp32; about twice the speed and half the activation memory on a GPU;
+- checkpoints (``save_checkpoint``, ``load_checkpoint``, ``train(checkpoint_dir=...)``): a
+  long run survives an interruption; with the generators' states saved too, a resumed run
+  gives exactly the losses of an uninterrupted one on the CPU.
+
     >>> data = torch.tensor([0, 1, 2, 3, 4, 5])
     >>> x, y = get_batch(data, block_size=3, batch_size=1, generator=torch.Generator().manual_seed(0))
     >>> x.tolist(), y.tolist()   # y is x moved one step to the right
     ([[2, 3, 4]], [[3, 4, 5]])
 
-Scope: one device, full precision, one optimizer step per batch. Later chapters add mixed
-precision, gradient accumulation and checkpoints here, so that there is still one loop.
+Scope: one device (no data parallelism), one loop for every chapter. Every addition of
+chapter 7 is off by default (``precision="fp32"``, ``accumulate=1``, no checkpoints), so
+the earlier chapters run exactly as before; ``"auto"`` picks the precision by device.
+Evaluation stays in fp32. A checkpoint keeps one file, the latest; the schedule is a
+function of the step, so it has no state to save. No ``torch.compile``.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import random
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .runtime import pick_device, seed_everything
+from .runtime import autocast_dtype, pick_device, seed_everything
 
 __all__ = ["History", "get_batch", "evaluate", "train", "lr_sweep", "generate",
-           "sequence_logprobs", "bits_per_char", "UNBOUNDED_CONTEXT"]
+           "sequence_logprobs", "bits_per_char", "UNBOUNDED_CONTEXT", "configure_optimizer",
+           "warmup_cosine", "resolve_precision", "save_checkpoint", "load_checkpoint", "CHECKPOINT_NAME"]
 
 UNBOUNDED_CONTEXT = 2**62  # get_block_size() of a model that can see the whole past (the RNN)
 
@@ -175,7 +204,7 @@ class History:
     valid_loss: list[float] = field(default_factory=list)  # same on the validation data (empty without it)
     step_losses: list[float] = field(default_factory=list)  # the loss of every training batch
     seconds: float = 0.0  # wall-clock time of the training steps (evaluation not counted)
-    tokens_seen: int = 0  # training positions seen: steps * batch_size * block_size
+    tokens_seen: int = 0  # training positions seen: steps * accumulate * batch_size * block_size
     diverged: bool = False  # training stopped at a loss that was not finite (lr too high?)
 
     @property
@@ -204,11 +233,177 @@ class History:
         return ax
 
 
+# ---------------------------------------------------------------------------- the recipe (chapter 7)
+def configure_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, betas=(0.9, 0.95),
+                        eps: float = 1e-8) -> torch.optim.AdamW:
+    """AdamW with two parameter groups: ``weight_decay`` on the matrices of the Linear
+    layers only; none on biases, normalisation gains and embeddings (GPT-2, nanoGPT).
+
+    Decay pulls every weight towards 0. That regularises a matrix that mixes features, but a
+    LayerNorm gain pulled to 0 switches its features off and a bias has no scale to shrink;
+    an embedding row is updated only when its token occurs, so decay would shrink rare
+    tokens most. A Parameter used twice (GPT's ``lm_head`` tied to the embedding ``wte``)
+    is counted once, as an embedding. ``param_groups[0]`` decays, ``param_groups[1]`` not::
+
+        GPT(n_layer=1): decay c_attn.weight, c_proj.weight, c_fc.weight, mlp.c_proj.weight;
+                        no decay wte (= lm_head), wpe, ln_1, ln_2, ln_f, every bias
+    """
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
+    _check_settings([], [("lr", lr)], weight_decay)
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    decay, no_decay = [], []
+    for p in model.parameters():  # parameters() yields a shared (tied) Parameter once
+        if p.requires_grad:
+            (decay if p.dim() >= 2 and id(p) not in embeddings else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps)
+
+
+def warmup_cosine(step: int, warmup_steps: int, total_steps: int, max_lr: float = 1.0,
+                  min_lr: float = 0.0) -> float:
+    """The learning rate at ``step`` (0-based): a linear warm-up to ``max_lr`` over
+    ``warmup_steps`` steps, then a cosine decay to ``min_lr`` at ``total_steps``, and
+    ``min_lr`` after (GPT-3, Brown et al. 2020; nanoGPT's ``get_lr``)::
+
+        step < warmup:          max_lr * (step + 1) / (warmup + 1)
+        warmup <= step < total: min_lr + (max_lr - min_lr) * (1 + cos(pi * r)) / 2
+                                with r = (step - warmup) / (total - warmup), from 0 to 1
+        step >= total:          min_lr
+
+    With the defaults it is a factor for ``train``'s ``lr_schedule``, which multiplies
+    ``lr`` by it: ``lr_schedule=functools.partial(warmup_cosine, warmup_steps=100,
+    total_steps=steps, min_lr=0.1)``. Warm-up 1, total 3: steps 0, 1, 2, 3 give 0.5, 1,
+    0.5, 0.
+    """
+    for name, value in [("step", step), ("warmup_steps", warmup_steps)]:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+    _check_positive_int("total_steps", total_steps)
+    if warmup_steps > total_steps:
+        raise ValueError(f"warmup_steps={warmup_steps} is longer than total_steps={total_steps}")
+    if not (isinstance(min_lr, (int, float)) and isinstance(max_lr, (int, float)) and 0 <= min_lr <= max_lr):
+        raise ValueError(f"expected 0 <= min_lr <= max_lr, got min_lr={min_lr!r}, max_lr={max_lr!r}")
+    if step < warmup_steps:
+        return max_lr * (step + 1) / (warmup_steps + 1)
+    if step >= total_steps:
+        return min_lr
+    r = (step - warmup_steps) / (total_steps - warmup_steps)  # from 0 to 1
+    return min_lr + (max_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * r))
+
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_precision(precision: str, device) -> str:
+    """The precision that ``train`` runs in on ``device``: ``"fp32"``, ``"bf16"`` or ``"fp16"``.
+
+    ``"auto"`` picks by device (``runtime.autocast_dtype``): bf16 on a GPU that has it, fp16
+    (with a gradient scaler) on an older GPU such as the T4, fp32 on the CPU and MPS. bf16
+    is also allowed on the CPU (autocast), fp16 only on a CUDA GPU.
+    """
+    device_type = torch.device(device).type
+    if precision == "auto":
+        dtype = autocast_dtype(device_type)
+        return next(name for name, d in PRECISIONS.items() if d == dtype)
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of 'auto', 'fp32', 'bf16', 'fp16', got {precision!r}")
+    if precision == "fp16" and device_type != "cuda":
+        raise ValueError(f"precision='fp16' needs a CUDA GPU (a gradient scaler keeps its small gradients "
+                         f"from underflowing); on {device_type} use 'fp32' or 'bf16'")
+    if precision == "bf16" and device_type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError("this GPU has no bf16: use precision='fp16' (with a gradient scaler) or 'fp32'")
+    if precision == "bf16" and device_type not in ("cuda", "cpu"):
+        raise ValueError(f"precision='bf16' runs on CUDA or the CPU, not on {device_type}: use 'fp32'")
+    return precision
+
+
+# ---------------------------------------------------------------------------- checkpoints
+CHECKPOINT_NAME = "checkpoint.pt"  # the file that train(checkpoint_dir=...) keeps up to date
+
+
+def _rng_states() -> dict:
+    """Every random number generator a run draws from, as tensors and plain lists, so that
+    ``torch.load(weights_only=True)`` reads them back."""
+    version, mt, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    states = {"torch": torch.get_rng_state(),
+              "python": [version, list(mt), gauss],
+              "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached]}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _set_rng_states(states: dict) -> None:
+    torch.set_rng_state(states["torch"])
+    version, mt, gauss = states["python"]
+    random.setstate((version, tuple(mt), gauss))
+    kind, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def save_checkpoint(path, model, optimizer, step: int, history: History, extra: dict | None = None,
+                    scaler=None) -> None:
+    """Write everything a run needs to go on to ``path``: the model, the optimizer (and the
+    fp16 gradient ``scaler``), ``step``, the ``history`` and the state of every random
+    number generator (torch, CUDA, Python's ``random``, NumPy).
+
+    Only tensors, numbers, strings and plain containers are stored, so ``load_checkpoint``
+    unpickles nothing else; ``extra`` must hold the same kinds. The file is written next to
+    ``path`` under a temporary name, then renamed with ``os.replace``, which is atomic: a
+    run killed while writing leaves the previous checkpoint whole.
+    """
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+             "scaler": None if scaler is None else scaler.state_dict(), "step": int(step),
+             "history": asdict(history), "rng": _rng_states(), "extra": {} if extra is None else extra}
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.remove(tmp)
+        raise
+
+
+def load_checkpoint(path, model, optimizer=None, scaler=None, restore_rng: bool = True) -> dict:
+    """Load a ``save_checkpoint`` file into ``model`` (and ``optimizer``, ``scaler``);
+    with ``restore_rng`` the random number generators continue where they were.
+
+    Returns ``{"step": int, "history": History, "extra": dict}``. The file is read with
+    ``torch.load(weights_only=True)``: a file holding any other object is refused rather
+    than run (unpickling can execute code).
+    """
+    import pickle
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ValueError(f"{path} holds objects other than tensors, numbers, strings and plain containers: "
+                         "refused (weights_only=True); a checkpoint of save_checkpoint never does") from err
+    model.load_state_dict(state["model"])
+    if optimizer is not None:
+        optimizer.load_state_dict(state["optimizer"])
+    if scaler is not None and state["scaler"] is not None:
+        scaler.load_state_dict(state["scaler"])
+    if restore_rng:
+        _set_rng_states(state["rng"])
+    return {"step": state["step"], "history": History(**state["history"]), "extra": state["extra"]}
+
+
 def train(model, train_data, valid_data=None, *, steps: int, batch_size: int = 32, block_size: int | None = None,
           lr: float = 1e-3, weight_decay: float = 0.0, optimizer: torch.optim.Optimizer | None = None,
           lr_schedule: Callable[[int], float] | None = None, eval_every: int = 100, eval_batches: int = 20,
           grad_clip: float | None = None, device=None, seed: int = 1337, max_seconds: float | None = None,
-          progress: bool = True) -> History:
+          progress: bool = True, accumulate: int = 1, precision: str = "fp32", checkpoint_dir=None,
+          checkpoint_every: int | None = None, resume: bool = True) -> History:
     """Train ``model`` on random windows of ``train_data``; return its ``History``.
 
     One step: a batch from ``get_batch``, ``loss.backward()``, optional gradient clipping to
@@ -229,15 +424,45 @@ def train(model, train_data, valid_data=None, *, steps: int, batch_size: int = 3
     models can be compared at equal time. Training is seeded by ``seed`` (batches and any
     dropout); initialise the model after ``seed_everything`` for a fully repeatable run.
     A loss that is not finite stops training with a warning (``History.diverged``).
+
+    Chapter 7's recipe (see the module docstring) adds, each off by default:
+
+    - ``accumulate``: micro-batches per optimizer step. Each step draws ``accumulate *
+      batch_size`` windows, cut into ``accumulate`` micro-batches of ``batch_size``, and
+      adds up their gradients, each loss divided by ``accumulate``: the step of one batch
+      of ``accumulate * batch_size`` windows in the memory of one of ``batch_size``.
+    - ``precision``: ``"fp32"``, ``"bf16"`` (autocast, on CUDA or the CPU), ``"fp16"``
+      (autocast and a gradient scaler, CUDA only) or ``"auto"`` (by device, see
+      ``resolve_precision``). The evaluations stay in fp32.
+    - ``checkpoint_dir``: a folder where ``CHECKPOINT_NAME`` is saved every
+      ``checkpoint_every`` steps (if given) and at the end. With ``resume`` a run whose
+      folder holds a checkpoint goes on from it, to ``steps`` in all: on the CPU an
+      interrupted and resumed run gives exactly the losses and weights of one that was not.
+      The checkpoint records batch_size, block_size, accumulate, seed and precision;
+      resuming with others is refused.
     """
     block_size = _window(model, block_size)
     _check_settings([("steps", steps), ("batch_size", batch_size), ("block_size", block_size),
-                     ("eval_every", eval_every), ("eval_batches", eval_batches)],
+                     ("eval_every", eval_every), ("eval_batches", eval_batches), ("accumulate", accumulate)]
+                    + ([] if checkpoint_every is None else [("checkpoint_every", checkpoint_every)]),
                     [("lr", lr), ("grad_clip", grad_clip), ("max_seconds", max_seconds)], weight_decay)
     train_data = _check_tokens("train_data", train_data, block_size + 1)
     valid_data = None if valid_data is None else _check_tokens("valid_data", valid_data, block_size + 1)
     device = pick_device() if device is None else device
+    precision = resolve_precision(precision, device)
     batches = torch.Generator().manual_seed(seed)
+
+    def micro_batches():
+        while True:  # one draw per optimizer step, so the generator's state is whole between steps
+            x, y = get_batch(train_data, block_size, accumulate * batch_size, batches, device)  # (aB, T) each
+            yield from zip(x.split(batch_size), y.split(batch_size))  # accumulate (B, T) pairs
+
+    stream = micro_batches()
+    checkpoint = None
+    if checkpoint_dir is not None:
+        checkpoint = _Checkpoint(os.path.join(checkpoint_dir, CHECKPOINT_NAME), checkpoint_every, resume,
+                                 batches, dict(batch_size=batch_size, block_size=block_size,
+                                               accumulate=accumulate, seed=seed, precision=precision))
 
     def forward(x, y):
         _, loss = model(x, y)
@@ -246,11 +471,22 @@ def train(model, train_data, valid_data=None, *, steps: int, batch_size: int = 3
         return loss
 
     return _fit(model, train_data, valid_data, steps=steps, window=block_size, batch_size=batch_size,
-                next_batch=lambda: get_batch(train_data, block_size, batch_size, batches, device), forward=forward,
-                lr=lr, weight_decay=weight_decay, optimizer=optimizer, lr_schedule=lr_schedule,
-                grad_clip=grad_clip, clip=torch.nn.utils.clip_grad_norm_, eval_every=eval_every,
-                eval_batches=eval_batches, device=device, seed=seed, max_seconds=max_seconds,
-                progress=progress, desc="training")
+                next_batch=lambda: next(stream), forward=forward, lr=lr, weight_decay=weight_decay,
+                optimizer=optimizer, lr_schedule=lr_schedule, grad_clip=grad_clip,
+                clip=torch.nn.utils.clip_grad_norm_, eval_every=eval_every, eval_batches=eval_batches,
+                device=device, seed=seed, max_seconds=max_seconds, progress=progress, desc="training",
+                accumulate=accumulate, precision=precision, checkpoint=checkpoint)
+
+
+@dataclass
+class _Checkpoint:
+    """Where and how often ``_fit`` saves, and what else a resumed run must restore."""
+
+    path: str
+    every: int | None  # steps between saves (None: only at the end)
+    resume: bool  # go on from the file at path if there is one
+    sampler: torch.Generator  # the generator that draws the batches
+    run: dict  # settings a resumed run must share with the saved one
 
 
 def _fit(model, train_data, valid_data, *, steps: int, window: int, batch_size: int,
@@ -258,7 +494,8 @@ def _fit(model, train_data, valid_data, *, steps: int, window: int, batch_size: 
          forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], lr, weight_decay, optimizer,
          lr_schedule, grad_clip, clip, eval_every: int, eval_batches: int, device, seed: int, max_seconds,
          progress: bool, desc: str, measure: Callable[[int], bool] | None = None,
-         history: History | None = None) -> History:
+         history: History | None = None, accumulate: int = 1, precision: str = "fp32",
+         checkpoint: _Checkpoint | None = None) -> History:
     """The one training loop of the course, run by ``train`` and ``course_lib.rnn.train_tbptt``.
 
     They differ only in their batches: ``next_batch()`` gives the next (x, y), each (B, T)
@@ -268,8 +505,11 @@ def _fit(model, train_data, valid_data, *, steps: int, window: int, batch_size: 
     divergence, the progress bar, the time budget, and the losses on ``eval_batches`` fixed
     windows of ``window`` tokens at step 0, every ``eval_every`` steps and at the end. A
     model with other data (chapter 5's sentence pairs) passes its own ``measure(step)``,
-    which appends to its ``history`` and returns True to stop training early. Later
-    chapters add mixed precision, gradient accumulation and checkpoints here.
+    which appends to its ``history`` and returns True to stop training early.
+
+    Chapter 7 adds, here once: ``accumulate`` calls of ``next_batch()`` per optimizer step,
+    their gradients summed (each loss divided by ``accumulate``); autocast in ``precision``
+    with a gradient scaler for fp16; and, with a ``checkpoint``, saving and resuming.
     """
     seed_everything(seed)
     model.to(device)
@@ -278,6 +518,24 @@ def _fit(model, train_data, valid_data, *, steps: int, window: int, batch_size: 
     base_lrs = [group["lr"] for group in optimizer.param_groups]
     history = History() if history is None else history
     was_training = model.training
+    device_type, dtype = torch.device(device).type, PRECISIONS[precision]
+    scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+    step = saved_at = 0
+    resumed = checkpoint is not None and checkpoint.resume and os.path.exists(checkpoint.path)
+    if resumed:
+        saved = load_checkpoint(checkpoint.path, model, optimizer, scaler)
+        if saved["extra"].get("run") != checkpoint.run:
+            raise ValueError(f"{checkpoint.path} was saved by a run with {saved['extra'].get('run')}, not "
+                             f"{checkpoint.run}: pass the same settings, resume=False, or another checkpoint_dir")
+        checkpoint.sampler.set_state(saved["extra"]["sampler"])
+        step = saved_at = saved["step"]
+        history = saved["history"]
+
+    def save() -> None:
+        nonlocal saved_at
+        save_checkpoint(checkpoint.path, model, optimizer, step, history, scaler=scaler,
+                        extra={"run": checkpoint.run, "sampler": checkpoint.sampler.get_state()})
+        saved_at = step
 
     def measure_windows(step: int) -> bool:
         history.steps.append(step)
@@ -288,34 +546,47 @@ def _fit(model, train_data, valid_data, *, steps: int, window: int, batch_size: 
         return False
 
     measure = measure_windows if measure is None else measure
-    stop = measure(0)
+    stop = False if resumed else measure(0)
     bar = None
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=steps, desc=desc, unit="step")
-    step = 0
+        bar = tqdm(total=steps, initial=min(step, steps), desc=desc, unit="step")
     while step < steps and not stop and not history.diverged:
         start = time.perf_counter()
         if lr_schedule is not None:
             for group, base in zip(optimizer.param_groups, base_lrs):
                 group["lr"] = base * lr_schedule(step)
         model.train()
-        x, y = next_batch()  # (B, T) each
-        loss = forward(x, y)
-        history.step_losses.append(loss.item())
+        optimizer.zero_grad(set_to_none=True)
+        total, tokens = 0.0, 0
+        for _ in range(accumulate):
+            x, y = next_batch()  # (B, T) each
+            with torch.autocast(device_type, dtype=dtype) if dtype is not None else nullcontext():
+                loss = forward(x, y)
+            total += loss.item()
+            if not math.isfinite(total):
+                break
+            loss = loss / accumulate if accumulate > 1 else loss  # the mean over the micro-batches
+            (loss if scaler is None else scaler.scale(loss)).backward()
+            tokens += int((y != -1).sum())  # the targets predicted; -1 marks padding
+        history.step_losses.append(total / accumulate if accumulate > 1 else total)
         if not math.isfinite(history.step_losses[-1]):
             history.diverged = True
             warnings.warn(f"the loss is {history.step_losses[-1]} at step {step}: training stopped "
                           "(try a lower learning rate)", RuntimeWarning, stacklevel=3)
         else:
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if scaler is not None:
+                scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
             if grad_clip is not None:
                 clip(model.parameters(), grad_clip)
-            optimizer.step()
+            if scaler is None:
+                optimizer.step()
+            else:
+                scaler.step(optimizer)  # skipped if the fp16 gradients overflowed
+                scaler.update()
             step += 1
-            history.tokens_seen += int((y != -1).sum())  # the targets predicted; -1 marks padding
+            history.tokens_seen += tokens
         history.seconds += time.perf_counter() - start
         if bar is not None:
             bar.update(1)
@@ -323,10 +594,21 @@ def _fit(model, train_data, valid_data, *, steps: int, window: int, batch_size: 
         out_of_time = max_seconds is not None and history.seconds >= max_seconds
         if step % eval_every == 0 and step < steps and not out_of_time and not history.diverged:
             stop = measure(step)
+        if (checkpoint is not None and checkpoint.every is not None and step % checkpoint.every == 0
+                and step < steps and not out_of_time and not history.diverged):
+            save()
         if out_of_time:
             break
     if bar is not None:
         bar.close()
+    if checkpoint is not None and not history.diverged:
+        # a measurement on the eval_every grid belongs to the run; the one that closes a run
+        # off the grid does not, so it is taken after saving: a resumed run then records
+        # exactly the measurements of an uninterrupted one
+        if step % eval_every == 0 and history.steps[-1] != step:
+            measure(step)
+        if saved_at != step or not os.path.exists(checkpoint.path):
+            save()
     if history.steps[-1] != step:
         measure(step)
     model.train(was_training)

@@ -1,7 +1,13 @@
 """course_lib.train: batches, evaluation, the training loop and its History, sampling,
-and exact sequence scoring against a slow position-by-position loop; bad input."""
+and exact sequence scoring against a slow position-by-position loop; bad input. Chapter 7's
+recipe: the optimizer's parameter groups, warm-up and cosine decay against the formula,
+gradient accumulation against one large batch, autocast, and checkpoints (an interrupted
+and resumed run against an uninterrupted one, weights_only loading, atomic writes)."""
 
+import functools
 import math
+import os
+import random
 import warnings
 
 import matplotlib
@@ -10,9 +16,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import numpy as np
+
+from course_lib.gpt import GPT, GPTConfig
 from course_lib.neural_lm import BigramNet, MLPConfig, MLPLanguageModel
-from course_lib.train import (History, bits_per_char, evaluate, generate, get_batch, lr_sweep,
-                              sequence_logprobs, train)
+from course_lib.train import (CHECKPOINT_NAME, History, bits_per_char, configure_optimizer, evaluate, generate,
+                              get_batch, load_checkpoint, lr_sweep, resolve_precision, save_checkpoint,
+                              sequence_logprobs, train, warmup_cosine)
 
 matplotlib.use("Agg")
 
@@ -416,3 +426,264 @@ def test_no_warning_on_a_normal_run():
         warnings.simplefilter("error")
         history = run(steps=5)
     assert not history.diverged
+
+
+# ---------------------------------------------------------------------------- chapter 7's recipe
+def make_gpt(seed=0, dropout=0.0):
+    torch.manual_seed(seed)
+    return GPT(GPTConfig(vocab_size=V, block_size=8, n_layer=2, n_head=2, n_embd=8, dropout=dropout))
+
+
+def by_identity(params):
+    return {id(p) for p in params}
+
+
+def test_configure_optimizer_decays_only_linear_matrices_of_a_gpt():
+    model = make_gpt()
+    opt = configure_optimizer(model, lr=1e-3, weight_decay=0.1)
+    assert isinstance(opt, torch.optim.AdamW)
+    decay, no_decay = opt.param_groups
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert decay["betas"] == (0.9, 0.95) and decay["eps"] == 1e-8 and decay["lr"] == 1e-3
+    names = {id(p): n for n, p in model.named_parameters()}  # the tied Parameter appears once
+    expected = {n for n in names.values()
+                if n.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight"))}
+    assert len(expected) == 4 * 2  # four matrices per block
+    assert {names[id(p)] for p in decay["params"]} == expected
+    assert id(model.lm_head.weight) in by_identity(no_decay["params"])  # tied to wte: an embedding
+    assert id(model.transformer.wpe.weight) in by_identity(no_decay["params"])
+    assert all(p.dim() == 1 for p in no_decay["params"] if id(p) not in by_identity(
+        [model.transformer.wte.weight, model.transformer.wpe.weight]))  # the rest: biases and gains
+    every = decay["params"] + no_decay["params"]
+    assert len(every) == len(by_identity(every)) == len(list(model.parameters()))  # each once
+
+
+def test_configure_optimizer_on_the_chapter_3_mlp():
+    model = make_mlp()
+    decay, no_decay = configure_optimizer(model, lr=1e-2, weight_decay=0.5, betas=(0.8, 0.9), eps=1e-6).param_groups
+    assert by_identity(decay["params"]) == by_identity([model.hidden.weight, model.lm_head.weight])
+    assert by_identity(no_decay["params"]) == by_identity([model.wte.weight, model.hidden.bias, model.lm_head.bias])
+    assert decay["betas"] == (0.8, 0.9) and decay["eps"] == 1e-6
+
+
+def test_configure_optimizer_bad_input():
+    with pytest.raises(ValueError, match=r"weight_decay must be a number >= 0"):
+        configure_optimizer(make_mlp(), lr=1e-3, weight_decay=-1)
+    with pytest.raises(TypeError, match=r"expected a torch.nn.Module"):
+        configure_optimizer([torch.zeros(2)], lr=1e-3, weight_decay=0.1)
+
+
+def cosine_reference(step, warmup, total, max_lr, min_lr):
+    """The schedule written out independently: linear ramp, half a cosine, a floor."""
+    if step < warmup:
+        return max_lr * (step + 1) / (warmup + 1)
+    if step >= total:
+        return min_lr
+    progress = (step - warmup) / (total - warmup)
+    return min_lr + (max_lr - min_lr) * (math.cos(math.pi * progress) + 1) / 2
+
+
+@pytest.mark.parametrize("warmup, total, max_lr, min_lr", [(10, 100, 6e-4, 6e-5), (0, 5, 1.0, 0.0),
+                                                           (3, 3, 1.0, 0.1), (1, 2, 2.0, 2.0)])
+def test_warmup_cosine_follows_the_formula(warmup, total, max_lr, min_lr):
+    for step in range(total + 3):
+        assert warmup_cosine(step, warmup, total, max_lr, min_lr) == pytest.approx(
+            cosine_reference(step, warmup, total, max_lr, min_lr), rel=1e-12, abs=1e-15)
+
+
+def test_warmup_cosine_at_its_key_steps():
+    lr = functools.partial(warmup_cosine, warmup_steps=10, total_steps=110, max_lr=1.0, min_lr=0.1)
+    assert lr(0) == pytest.approx(1 / 11)  # small but not 0: the first step already learns
+    assert lr(9) == pytest.approx(10 / 11)
+    assert lr(10) == 1.0  # the peak at the end of the warm-up
+    assert lr(60) == pytest.approx(0.55)  # half way: the mean of max and min
+    assert lr(110) == lr(1000) == 0.1
+    assert [warmup_cosine(s, 1, 3) for s in range(4)] == pytest.approx([0.5, 1, 0.5, 0])  # the docstring's
+    values = [lr(s) for s in range(120)]
+    assert all(a < b for a, b in zip(values[:10], values[1:11]))  # rises
+    assert all(a >= b for a, b in zip(values[10:], values[11:]))  # then never rises
+
+
+@pytest.mark.parametrize("args, match", [
+    ((-1, 1, 5), r"step must be an integer >= 0"),
+    ((0, 6, 5), r"warmup_steps=6 is longer than total_steps=5"),
+    ((0, 1, 0), r"total_steps must be an integer > 0"),
+    ((0, 1, 5, 0.1, 0.2), r"expected 0 <= min_lr <= max_lr"),
+])
+def test_warmup_cosine_bad_input(args, match):
+    with pytest.raises(ValueError, match=match):
+        warmup_cosine(*args)
+
+
+def test_warmup_cosine_as_the_lr_schedule_of_train():
+    model = make_mlp()
+    opt = configure_optimizer(model, lr=1e-2, weight_decay=0.1)
+    run(model, steps=7, optimizer=opt,
+        lr_schedule=functools.partial(warmup_cosine, warmup_steps=2, total_steps=7, min_lr=0.1))
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([1e-2 * warmup_cosine(6, 2, 7, 1.0, 0.1)] * 2)
+
+
+def test_accumulation_equals_one_large_batch():
+    """float64, so that summing two half-batch gradients equals the full batch's to rounding."""
+    big, small, half = make_mlp().double(), make_mlp().double(), make_mlp().double()
+    a = run(big, steps=6, batch_size=8, grad_clip=0.5, weight_decay=0.1)
+    b = run(small, steps=6, batch_size=4, accumulate=2, grad_clip=0.5, weight_decay=0.1)
+    for p, q in zip(big.parameters(), small.parameters()):
+        torch.testing.assert_close(q, p, rtol=1e-10, atol=1e-12)
+    assert b.step_losses == pytest.approx(a.step_losses, rel=1e-10)
+    assert b.tokens_seen == a.tokens_seen == 6 * 8 * 16
+    run(half, steps=6, batch_size=4, grad_clip=0.5, weight_decay=0.1)  # half the batch, no accumulation
+    assert not torch.allclose(half.hidden.weight, big.hidden.weight)
+
+
+def test_precision_is_chosen_by_device_and_checked():
+    assert resolve_precision("auto", "cpu") == "fp32"
+    assert resolve_precision("fp32", "cpu") == "fp32"
+    assert resolve_precision("bf16", "cpu") == "bf16"
+    with pytest.raises(ValueError, match=r"precision='fp16' needs a CUDA GPU"):
+        resolve_precision("fp16", "cpu")
+    with pytest.raises(ValueError, match=r"precision must be one of 'auto', 'fp32', 'bf16', 'fp16', got 'fp8'"):
+        resolve_precision("fp8", "cpu")
+    with pytest.raises(ValueError, match=r"needs a CUDA GPU"):
+        run(precision="fp16")
+
+
+class DtypeProbe(nn.Module):
+    """An embedding and a Linear layer; records the dtype its Linear layer computed in."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.wte, self.head, self.seen = nn.Embedding(V, 8), nn.Linear(8, V), set()
+
+    def get_block_size(self):
+        return 16
+
+    def forward(self, idx, targets=None):
+        logits = self.head(self.wte(idx))  # (B, T, V)
+        self.seen.add(logits.dtype)
+        return logits, F.cross_entropy(logits.view(-1, V), targets.view(-1))
+
+
+@pytest.mark.skipif(not hasattr(torch, "autocast"), reason="torch without autocast")
+def test_bf16_autocast_on_the_cpu_is_close_to_fp32():
+    fp32, bf16 = DtypeProbe(), DtypeProbe()
+    a = run(fp32, steps=3, eval_every=3)
+    b = run(bf16, steps=3, eval_every=3, precision="bf16")
+    assert fp32.seen == {torch.float32}
+    assert torch.bfloat16 in bf16.seen  # the training steps ran under autocast
+    assert bf16.head.weight.dtype == torch.float32  # the weights themselves stay fp32
+    assert all(math.isfinite(x) for x in b.step_losses)
+    assert b.step_losses == pytest.approx(a.step_losses, abs=0.05)
+    gpt32, gpt16 = make_gpt(), make_gpt()
+    c = run(gpt32, steps=3, block_size=8, eval_every=3)
+    d = run(gpt16, steps=3, block_size=8, eval_every=3, precision="bf16")
+    assert d.step_losses == pytest.approx(c.step_losses, abs=0.05)
+
+
+# ---------------------------------------------------------------------------- checkpoints
+def recipe_run(model, steps, **kwargs):
+    """A GPT with dropout (the global torch generator matters), the optimizer of
+    configure_optimizer, warm-up and cosine decay, clipping and accumulation."""
+    opt = configure_optimizer(model, lr=1e-2, weight_decay=0.1)
+    schedule = functools.partial(warmup_cosine, warmup_steps=2, total_steps=12, min_lr=0.1)
+    return run(model, steps=steps, batch_size=2, accumulate=2, block_size=8, eval_every=4, optimizer=opt,
+               lr_schedule=schedule, grad_clip=1.0, valid_data=REPEAT[:50], **kwargs)
+
+
+def same_run(a, b, model_a, model_b):
+    assert a.steps == b.steps
+    assert a.train_loss == b.train_loss and a.valid_loss == b.valid_loss  # exactly, on the CPU
+    assert a.step_losses == b.step_losses and a.tokens_seen == b.tokens_seen
+    assert all(torch.equal(p, q) for p, q in zip(model_a.parameters(), model_b.parameters()))
+
+
+@pytest.mark.parametrize("interrupt_at", [4, 6])  # on the eval grid, and off it
+def test_an_interrupted_run_resumes_exactly(tmp_path, interrupt_at):
+    whole = make_gpt(dropout=0.2)
+    expected = recipe_run(whole, 12)
+    first = recipe_run(make_gpt(dropout=0.2), interrupt_at, checkpoint_dir=tmp_path)
+    assert first.steps[-1] == interrupt_at  # the run ends measured all the same
+    resumed_model = make_gpt(seed=99, dropout=0.2)  # other weights: the checkpoint replaces them
+    random.random(), np.random.rand(), torch.rand(3)  # and the generators move on in between
+    resumed = recipe_run(resumed_model, 12, checkpoint_dir=tmp_path)
+    same_run(expected, resumed, whole, resumed_model)
+    assert load_checkpoint(tmp_path / CHECKPOINT_NAME, make_gpt())["step"] == 12
+    assert not [f for f in os.listdir(tmp_path) if f != CHECKPOINT_NAME]  # no temporary files left
+
+
+class Crash(Exception):
+    pass
+
+
+def test_a_crashed_run_resumes_from_its_last_periodic_checkpoint(tmp_path):
+    whole = make_gpt(dropout=0.2)
+    expected = recipe_run(whole, 12)
+    crashing = make_gpt(dropout=0.2)
+    forward, calls = crashing.forward, []
+
+    def crash_in_step_8(idx, targets=None):  # 2 micro-batches per step, evaluations in eval mode
+        calls.append(crashing.training)
+        if sum(calls) > 2 * 7:
+            raise Crash
+        return forward(idx, targets)
+
+    crashing.forward = crash_in_step_8
+    with pytest.raises(Crash):
+        recipe_run(crashing, 12, checkpoint_dir=tmp_path, checkpoint_every=3)
+    assert load_checkpoint(tmp_path / CHECKPOINT_NAME, make_gpt(), restore_rng=False)["step"] == 6
+    resumed_model = make_gpt(seed=5, dropout=0.2)
+    resumed = recipe_run(resumed_model, 12, checkpoint_dir=tmp_path, checkpoint_every=3)
+    same_run(expected, resumed, whole, resumed_model)
+
+
+def test_resume_refuses_other_settings_and_resume_false_starts_again(tmp_path):
+    run(steps=4, checkpoint_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"saved by a run with .*batch_size.: 8"):
+        run(steps=8, batch_size=4, checkpoint_dir=tmp_path)
+    again = run(steps=4, checkpoint_dir=tmp_path, resume=False, eval_every=2)
+    assert again.steps == [0, 2, 4] and len(again.step_losses) == 4
+    done = run(steps=4, checkpoint_dir=tmp_path)  # already there: nothing left to train
+    assert done.steps == [0, 2, 4] and len(done.step_losses) == 4
+
+
+def test_a_checkpoint_restores_every_generator(tmp_path):
+    model = make_mlp()
+    opt = torch.optim.AdamW(model.parameters())
+    history = History(steps=[0], train_loss=[1.5])
+    save_checkpoint(tmp_path / "c.pt", model, opt, 3, history, extra={"note": "x", "t": torch.ones(2)})
+    draws = random.random(), float(np.random.rand()), torch.rand(1).item()
+    other = make_mlp(seed=1)
+    saved = load_checkpoint(tmp_path / "c.pt", other, torch.optim.AdamW(other.parameters()))
+    assert (random.random(), float(np.random.rand()), torch.rand(1).item()) == draws
+    assert saved["step"] == 3 and saved["history"] == history and saved["extra"]["note"] == "x"
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), other.parameters()))
+
+
+def test_a_checkpoint_with_other_objects_is_refused(tmp_path):
+    model = make_mlp()
+    opt = torch.optim.AdamW(model.parameters())
+    save_checkpoint(tmp_path / "c.pt", model, opt, 1, History())
+    state = torch.load(tmp_path / "c.pt", weights_only=True)
+    state["history"] = History()  # a class of ours: not on weights_only's allowlist
+    torch.save(state, tmp_path / "c.pt")
+    with pytest.raises(ValueError, match=r"refused \(weights_only=True\)"):
+        load_checkpoint(tmp_path / "c.pt", model, opt)
+
+
+def test_a_half_written_checkpoint_never_replaces_a_good_one(tmp_path, monkeypatch):
+    model = make_mlp()
+    opt = torch.optim.AdamW(model.parameters())
+    save_checkpoint(tmp_path / "c.pt", model, opt, 1, History(steps=[1]))
+    good = (tmp_path / "c.pt").read_bytes()
+
+    def dies_while_writing(obj, f, *args, **kwargs):
+        f.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", dies_while_writing)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(tmp_path / "c.pt", model, opt, 2, History(steps=[2]))
+    assert (tmp_path / "c.pt").read_bytes() == good
+    assert os.listdir(tmp_path) == ["c.pt"]  # the temporary file is removed
+    assert load_checkpoint(tmp_path / "c.pt", model, opt)["step"] == 1
