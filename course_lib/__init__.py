@@ -19,6 +19,8 @@ One module per concept, in the order of the chapters:
   attention and the Transformer from scratch (chapter 6).
 - ``course_lib.gpt``: GPT-2's decoder-only Transformer, loading GPT-2 weights, generation
   with a key-value cache, top-k and top-p sampling (chapter 7).
+- ``course_lib.gpt_cli``: ``python -m course_lib.gpt train|sample``, training on the
+  corpus (data parallel under ``torchrun``) and sampling (chapter 7).
 - ``course_lib.ladder``: the course ladder, bits per character on the test plays.
 - ``course_lib.grading``: checks used by the exercises' autograded tests.
 

@@ -470,3 +470,9 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
     remove[..., -1] = False  # keep the likeliest token whatever p
     remove = remove.scatter(-1, order, remove)  # back to the vocabulary's order
     return logits.masked_fill(remove, float("-inf"))
+
+
+if __name__ == "__main__":  # python -m course_lib.gpt train|sample ...: the command line of gpt_cli
+    from course_lib.gpt_cli import main
+
+    main()

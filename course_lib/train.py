@@ -48,7 +48,16 @@ Chapter 7 adds GPT's training recipe to the same loop (GPT-2, GPT-3; nanoGPT's `
     >>> x.tolist(), y.tolist()   # y is x moved one step to the right
     ([[2, 3, 4]], [[3, 4, 5]])
 
-Scope: one device (no data parallelism), one loop for every chapter. Every addition of
+Data parallelism (``train(distributed=True)``, launched by ``torchrun``; the command line
+``python -m course_lib.gpt train`` sets it up): every process holds a copy of the model,
+wrapped in ``DistributedDataParallel``, and reads its own slice of each batch; the backward
+pass averages the gradients over the processes, so every copy takes the same step. With
+``batch_size`` B per process and W processes, a step sees W * B windows and equals, up to
+rounding, the step of one process with ``batch_size=W * B`` (tests check it).
+
+Scope: one loop for every chapter; data parallelism over whole model copies only (no
+sharded weights or optimizer states, no ``no_sync`` to skip the all-reduce between
+accumulated micro-batches). Every addition of
 chapter 7 is off by default (``precision="fp32"``, ``accumulate=1``, no checkpoints), so
 the earlier chapters run exactly as before; ``"auto"`` picks the precision by device.
 Evaluation stays in fp32. A checkpoint keeps one file, the latest; the schedule is a
@@ -403,7 +412,7 @@ def train(model, train_data, valid_data=None, *, steps: int, batch_size: int = 3
           lr_schedule: Callable[[int], float] | None = None, eval_every: int = 100, eval_batches: int = 20,
           grad_clip: float | None = None, device=None, seed: int = 1337, max_seconds: float | None = None,
           progress: bool = True, accumulate: int = 1, precision: str = "fp32", checkpoint_dir=None,
-          checkpoint_every: int | None = None, resume: bool = True) -> History:
+          checkpoint_every: int | None = None, resume: bool = True, distributed: bool = False) -> History:
     """Train ``model`` on random windows of ``train_data``; return its ``History``.
 
     One step: a batch from ``get_batch``, ``loss.backward()``, optional gradient clipping to
@@ -440,6 +449,15 @@ def train(model, train_data, valid_data=None, *, steps: int, batch_size: int = 3
       interrupted and resumed run gives exactly the losses and weights of one that was not.
       The checkpoint records batch_size, block_size, accumulate, seed and precision;
       resuming with others is refused.
+    - ``distributed``: data parallelism in a process group that the caller has set up
+      (``torch.distributed.init_process_group``; every process calls ``train`` alike, on its
+      own ``device``). ``batch_size`` is per process: each step draws the W * B windows of
+      one process with ``batch_size=W * B`` (the same seed on every process) and process r
+      takes windows r*B..(r+1)*B-1; ``DistributedDataParallel`` averages the gradients. The
+      recorded losses are those of the whole batch (the evaluations use W * B windows), so
+      the ``History`` equals that single process's; ``tokens_seen`` counts one process's
+      tokens. Only process 0 writes checkpoints; every process reads them to resume.
+      ``max_seconds`` is refused: the processes' clocks would stop them at different steps.
     """
     block_size = _window(model, block_size)
     _check_settings([("steps", steps), ("batch_size", batch_size), ("block_size", block_size),
@@ -451,31 +469,58 @@ def train(model, train_data, valid_data=None, *, steps: int, batch_size: int = 3
     device = pick_device() if device is None else device
     precision = resolve_precision(precision, device)
     batches = torch.Generator().manual_seed(seed)
+    world, rank, net = 1, 0, model
+    if distributed:
+        world, rank, net = _data_parallel(model, device, max_seconds)
+    run = dict(batch_size=batch_size, block_size=block_size, accumulate=accumulate, seed=seed, precision=precision)
+    if world > 1:
+        run["world_size"] = world
 
     def micro_batches():
         while True:  # one draw per optimizer step, so the generator's state is whole between steps
-            x, y = get_batch(train_data, block_size, accumulate * batch_size, batches, device)  # (aB, T) each
-            yield from zip(x.split(batch_size), y.split(batch_size))  # accumulate (B, T) pairs
+            x, y = get_batch(train_data, block_size, accumulate * world * batch_size, batches, device)  # (aWB, T)
+            for xm, ym in zip(x.split(world * batch_size), y.split(world * batch_size)):  # (WB, T) each
+                yield xm[rank * batch_size:(rank + 1) * batch_size], ym[rank * batch_size:(rank + 1) * batch_size]
 
     stream = micro_batches()
     checkpoint = None
     if checkpoint_dir is not None:
         checkpoint = _Checkpoint(os.path.join(checkpoint_dir, CHECKPOINT_NAME), checkpoint_every, resume,
-                                 batches, dict(batch_size=batch_size, block_size=block_size,
-                                               accumulate=accumulate, seed=seed, precision=precision))
+                                 batches, run, write=rank == 0)
 
     def forward(x, y):
-        _, loss = model(x, y)
+        _, loss = net(x, y)  # through DistributedDataParallel when distributed: backward averages the gradients
         if loss is None or loss.dim() != 0:
             raise TypeError("model(idx, targets) must return (logits, loss) with loss a scalar tensor")
+        if world > 1:  # record the whole batch's loss (every process then agrees on divergence too)
+            mean = loss.detach().clone()
+            torch.distributed.all_reduce(mean)
+            loss = loss + (mean / world - loss.detach())  # value: the mean over processes; gradient: this one's
         return loss
 
-    return _fit(model, train_data, valid_data, steps=steps, window=block_size, batch_size=batch_size,
+    return _fit(model, train_data, valid_data, steps=steps, window=block_size, batch_size=world * batch_size,
                 next_batch=lambda: next(stream), forward=forward, lr=lr, weight_decay=weight_decay,
                 optimizer=optimizer, lr_schedule=lr_schedule, grad_clip=grad_clip,
                 clip=torch.nn.utils.clip_grad_norm_, eval_every=eval_every, eval_batches=eval_batches,
                 device=device, seed=seed, max_seconds=max_seconds, progress=progress, desc="training",
                 accumulate=accumulate, precision=precision, checkpoint=checkpoint)
+
+
+def _data_parallel(model, device, max_seconds):
+    """``(world_size, rank, model wrapped in DistributedDataParallel)`` for ``train(distributed=True)``."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    if not (dist.is_available() and dist.is_initialized()):
+        raise RuntimeError("distributed=True needs a process group: launch with torchrun and call "
+                           "torch.distributed.init_process_group first (python -m course_lib.gpt train does)")
+    if max_seconds is not None:
+        raise ValueError("max_seconds is refused with distributed=True: each process's clock would stop it at "
+                         "another step and the others would wait forever; give steps instead")
+    device = torch.device(device)
+    model.to(device)  # DistributedDataParallel copies process 0's weights to the others on the device
+    ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
+    return dist.get_world_size(), dist.get_rank(), DistributedDataParallel(model, device_ids=ids)
 
 
 @dataclass
@@ -487,6 +532,7 @@ class _Checkpoint:
     resume: bool  # go on from the file at path if there is one
     sampler: torch.Generator  # the generator that draws the batches
     run: dict  # settings a resumed run must share with the saved one
+    write: bool = True  # False on the processes other than 0 of a distributed run
 
 
 def _fit(model, train_data, valid_data, *, steps: int, window: int, batch_size: int,
@@ -533,8 +579,9 @@ def _fit(model, train_data, valid_data, *, steps: int, window: int, batch_size: 
 
     def save() -> None:
         nonlocal saved_at
-        save_checkpoint(checkpoint.path, model, optimizer, step, history, scaler=scaler,
-                        extra={"run": checkpoint.run, "sampler": checkpoint.sampler.get_state()})
+        if checkpoint.write:
+            save_checkpoint(checkpoint.path, model, optimizer, step, history, scaler=scaler,
+                            extra={"run": checkpoint.run, "sampler": checkpoint.sampler.get_state()})
         saved_at = step
 
     def measure_windows(step: int) -> bool:
