@@ -59,7 +59,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .neural_lm import _check_idx, _loss
-from .train import _check_positive_int, _check_sampling, _eval_mode, _model_device
+from .train import (_check_positive_int, _check_prompt, _check_sampling, _eval_mode, _model_device, _sample_next,
+                    top_k_filter, top_p_filter)
 
 __all__ = ["GPTConfig", "LayerNorm", "CausalSelfAttention", "MLP", "Block", "KVCache", "GPT",
            "top_k_filter", "top_p_filter"]
@@ -334,15 +335,8 @@ class GPT(nn.Module):
         tokens at each step (positions shift), so the tokens equal ``use_cache=False``'s.
         The model is in eval mode inside; its mode is restored after.
         """
-        if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.dtype.is_floating_point \
-                or idx.dtype == torch.bool:
-            shape = tuple(idx.shape) if isinstance(idx, torch.Tensor) else type(idx).__name__
-            raise ValueError(f"expected idx of shape (B, T) holding token ids, got {shape}; one prompt is idx[None, :]")
-        if idx.shape[1] == 0:
-            raise ValueError("idx has no tokens to continue: start from at least one token (e.g. the start token)")
-        _check_sampling(max_new_tokens, temperature, top_k)
-        if top_p is not None:
-            _check_top_p(top_p)
+        _check_prompt(idx)
+        _check_sampling(max_new_tokens, temperature, top_k, top_p)
         if not isinstance(use_cache, bool):
             raise ValueError(f"use_cache must be True or False, got {use_cache!r}")
         block_size = self.config.block_size
@@ -355,13 +349,7 @@ class GPT(nn.Module):
                 else:  # the first step, no cache, or positions that shifted: read the context again
                     cache = KVCache() if use_cache else None
                     logits, _ = self(idx[:, -block_size:], cache=cache)  # (B, T, V)
-                scores = logits[:, -1, :].float() / temperature  # (B, V)
-                if top_k is not None:
-                    scores = top_k_filter(scores, top_k)
-                if top_p is not None:
-                    scores = top_p_filter(scores, top_p)
-                probs = F.softmax(scores, dim=-1).cpu()  # (B, V)
-                nxt = torch.multinomial(probs, 1, generator=generator)  # (B, 1)
+                nxt = _sample_next(logits, temperature, top_k, generator, top_p)  # (B, 1)
                 idx = torch.cat([idx, nxt.to(idx.device)], dim=1)  # (B, T + 1)
         return idx
 
@@ -424,52 +412,6 @@ class GPT(nn.Module):
             for key, target in ours.items():
                 target.copy_(values[key])
         return model.train(training)
-
-
-# ---------------------------------------------------------------------------- sampling filters
-def _check_logits(logits) -> None:
-    if not isinstance(logits, torch.Tensor) or logits.dim() == 0 or not logits.dtype.is_floating_point:
-        got = f"{tuple(logits.shape)} {logits.dtype}" if isinstance(logits, torch.Tensor) else type(logits).__name__
-        raise ValueError(f"expected logits as a float tensor of shape (..., V), got {got}")
-
-
-def _check_top_p(p) -> float:
-    if isinstance(p, bool) or not (isinstance(p, (int, float)) and 0 < p <= 1):
-        raise ValueError(f"top_p must be a probability in (0, 1] (1 keeps every token), got {p!r}")
-    return p
-
-
-def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
-    """``logits`` (..., V) with all but the k largest of each row set to -inf (ties with the
-    k-th largest are kept); k >= V keeps everything. ``TopKLogitsWarper(k)`` of transformers.
-
-        top_k_filter(torch.tensor([1.0, 3.0, 2.0]), 2) -> [-inf, 3.0, 2.0]
-    """
-    _check_logits(logits)
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be an integer >= 1 (k=1 keeps the likeliest token only), got {k!r}")
-    k = min(k, logits.shape[-1])
-    kth = torch.topk(logits, k, dim=-1).values[..., -1:]  # (..., 1) the k-th largest of each row
-    return logits.masked_fill(logits < kth, float("-inf"))
-
-
-def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
-    """``logits`` (..., V) keeping, per row, the smallest set of likeliest tokens whose
-    probability reaches ``p``, the rest set to -inf ("nucleus sampling", Holtzman et al. 2020).
-
-    As ``TopPLogitsWarper(p)`` of transformers: sort the probabilities in ascending order
-    and remove the tokens whose cumulative probability is <= 1 - p; the likeliest token
-    always stays. Probabilities [0.5, 0.3, 0.2]: p=0.4 keeps the first token, p=0.7 the
-    first two (0.8 >= 0.7; ascending sums 0.2, 0.5, 1.0 against 1 - p = 0.3), p=1 all.
-    """
-    _check_logits(logits)
-    _check_top_p(p)
-    sorted_logits, order = torch.sort(logits, dim=-1, descending=False)  # (..., V) ascending
-    cumulative = sorted_logits.float().softmax(dim=-1).cumsum(dim=-1)  # (..., V) mass of the unlikeliest tokens
-    remove = cumulative <= 1 - p  # (..., V) in sorted order
-    remove[..., -1] = False  # keep the likeliest token whatever p
-    remove = remove.scatter(-1, order, remove)  # back to the vocabulary's order
-    return logits.masked_fill(remove, float("-inf"))
 
 
 if __name__ == "__main__":  # python -m course_lib.gpt train|sample ...: the command line of gpt_cli

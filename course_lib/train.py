@@ -19,7 +19,8 @@ written once for the bigram net, the MLP, the RNN and the Transformers:
 - ``evaluate``: mean loss over a fixed set of random batches;
 - ``sequence_logprobs`` / ``bits_per_char``: the exact log-probability of every token of a
   text, preceded by one start token like chapter 1's ``<s>`` (the course ladder's metric);
-- ``generate``: sampling, with temperature and top-k;
+- ``generate``: sampling, with temperature and top-k (``top_k_filter``; ``top_p_filter``
+  joins it for GPT in chapter 7);
 - ``lr_sweep``: short runs at several learning rates.
 
 Chapter 7 adds GPT's training recipe to the same loop (GPT-2, GPT-3; nanoGPT's ``train.py``):
@@ -84,7 +85,8 @@ from .runtime import autocast_dtype, pick_device, seed_everything
 
 __all__ = ["History", "get_batch", "evaluate", "train", "lr_sweep", "generate",
            "sequence_logprobs", "bits_per_char", "UNBOUNDED_CONTEXT", "configure_optimizer",
-           "warmup_cosine", "resolve_precision", "save_checkpoint", "load_checkpoint", "CHECKPOINT_NAME"]
+           "warmup_cosine", "resolve_precision", "save_checkpoint", "load_checkpoint", "CHECKPOINT_NAME",
+           "top_k_filter", "top_p_filter"]
 
 UNBOUNDED_CONTEXT = 2**62  # get_block_size() of a model that can see the whole past (the RNN)
 
@@ -699,12 +701,7 @@ def generate(model, idx: torch.Tensor, max_new_tokens: int, temperature: float =
     ``torch.Generator``), so a seed gives the same text on every device.
     """
     block_size = _check_model(model)
-    if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.dtype.is_floating_point or idx.dtype == torch.bool:
-        shape = tuple(idx.shape) if isinstance(idx, torch.Tensor) else type(idx).__name__
-        raise ValueError(f"expected idx of shape (B, T) holding token ids, got {shape}; "
-                         "one prompt is idx[None, :]")
-    if idx.shape[1] == 0:
-        raise ValueError("idx has no tokens to continue: start from at least one token (e.g. the start token)")
+    _check_prompt(idx)
     _check_sampling(max_new_tokens, temperature, top_k)
     device = _model_device(model)
     idx = idx.long().to(device)
@@ -716,30 +713,89 @@ def generate(model, idx: torch.Tensor, max_new_tokens: int, temperature: float =
     return idx
 
 
-def _check_sampling(max_new_tokens, temperature, top_k) -> None:
-    """The sampling arguments of ``generate`` (and ``RNNLanguageModel.generate``)."""
+def _check_prompt(idx) -> None:
+    """The prompt of a ``generate``: token ids of shape (B, T), T >= 1."""
+    if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.dtype.is_floating_point or idx.dtype == torch.bool:
+        shape = tuple(idx.shape) if isinstance(idx, torch.Tensor) else type(idx).__name__
+        raise ValueError(f"expected idx of shape (B, T) holding token ids, got {shape}; "
+                         "one prompt is idx[None, :]")
+    if idx.shape[1] == 0:
+        raise ValueError("idx has no tokens to continue: start from at least one token (e.g. the start token)")
+
+
+def _check_sampling(max_new_tokens, temperature, top_k, top_p=None) -> None:
+    """The sampling arguments of ``generate`` (and ``RNNLanguageModel.generate``, ``GPT.generate``)."""
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
     if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
         raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
     if top_k is not None:
         _check_positive_int("top_k", top_k)
+    if top_p is not None:
+        _check_top_p(top_p)
 
 
 def _sample_next(logits: torch.Tensor, temperature: float, top_k: int | None,
-                 generator: torch.Generator | None) -> torch.Tensor:
+                 generator: torch.Generator | None, top_p: float | None = None) -> torch.Tensor:
     """One token per row drawn from the last position of ``logits`` (B, T, V); (B, 1) on the CPU.
 
-    The distribution is softmax(logits / temperature) over the ``top_k`` likeliest tokens
-    (all if None); it is sampled on the CPU with ``generator``, so a seed gives the same
-    tokens on every device. ``top_k=1`` is greedy: logits [[[0.1, 2.0, -1.0]]] -> [[1]].
+    The distribution is softmax(logits / temperature), filtered by ``top_k_filter`` then
+    ``top_p_filter`` (that order, as ``transformers``; None skips a filter); it is sampled
+    on the CPU with ``generator``, so a seed gives the same tokens on every device.
+    ``top_k=1`` is greedy: logits [[[0.1, 2.0, -1.0]]] -> [[1]].
     """
     logits = logits[:, -1, :].float().cpu() / temperature  # (B, V)
-    if top_k is not None and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
-        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_k is not None:
+        logits = top_k_filter(logits, top_k)
+    if top_p is not None:
+        logits = top_p_filter(logits, top_p)
     probs = F.softmax(logits, dim=-1)  # (B, V)
     return torch.multinomial(probs, 1, generator=generator)  # (B, 1)
+
+
+def _check_logits(logits) -> None:
+    if not isinstance(logits, torch.Tensor) or logits.dim() == 0 or not logits.dtype.is_floating_point:
+        got = f"{tuple(logits.shape)} {logits.dtype}" if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ValueError(f"expected logits as a float tensor of shape (..., V), got {got}")
+
+
+def _check_top_p(p) -> float:
+    if isinstance(p, bool) or not (isinstance(p, (int, float)) and 0 < p <= 1):
+        raise ValueError(f"top_p must be a probability in (0, 1] (1 keeps every token), got {p!r}")
+    return p
+
+
+def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """``logits`` (..., V) with all but the k largest of each row set to -inf (ties with the
+    k-th largest are kept); k >= V keeps everything. ``TopKLogitsWarper(k)`` of transformers.
+
+        top_k_filter(torch.tensor([1.0, 3.0, 2.0]), 2) -> [-inf, 3.0, 2.0]
+    """
+    _check_logits(logits)
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be an integer >= 1 (k=1 keeps the likeliest token only), got {k!r}")
+    k = min(k, logits.shape[-1])
+    kth = torch.topk(logits, k, dim=-1).values[..., -1:]  # (..., 1) the k-th largest of each row
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """``logits`` (..., V) keeping, per row, the smallest set of likeliest tokens whose
+    probability reaches ``p``, the rest set to -inf ("nucleus sampling", Holtzman et al. 2020).
+
+    As ``TopPLogitsWarper(p)`` of transformers: sort the probabilities in ascending order
+    and remove the tokens whose cumulative probability is <= 1 - p; the likeliest token
+    always stays. Probabilities [0.5, 0.3, 0.2]: p=0.4 keeps the first token, p=0.7 the
+    first two (0.8 >= 0.7; ascending sums 0.2, 0.5, 1.0 against 1 - p = 0.3), p=1 all.
+    """
+    _check_logits(logits)
+    _check_top_p(p)
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=False)  # (..., V) ascending
+    cumulative = sorted_logits.float().softmax(dim=-1).cumsum(dim=-1)  # (..., V) mass of the unlikeliest tokens
+    remove = cumulative <= 1 - p  # (..., V) in sorted order
+    remove[..., -1] = False  # keep the likeliest token whatever p
+    remove = remove.scatter(-1, order, remove)  # back to the vocabulary's order
+    return logits.masked_fill(remove, float("-inf"))
 
 
 # ---------------------------------------------------------------------------- scoring texts
