@@ -48,7 +48,7 @@ from .data import split_text
 from .gpt import GPT, GPTConfig
 from .runtime import pick_device, seed_everything
 from .tokenizers import BPETokenizer, CharTokenizer
-from .train import CHECKPOINT_NAME, configure_optimizer, train, warmup_cosine
+from .train import CHECKPOINT_NAME, configure_optimizer, load_checkpoint, train, warmup_cosine
 
 __all__ = ["main", "build_parser", "TOKENIZERS", "CONFIG_NAME", "TOKENIZER_NAME"]
 
@@ -167,6 +167,12 @@ def run_train(args) -> None:
     cfg = _settings(args, out)
     if cfg["max_chars"] is not None and cfg["max_chars"] <= cfg["block_size"]:
         _fail(f"--max-chars {cfg['max_chars']} leaves no window of --block-size {cfg['block_size']}: give more")
+    steps = cfg["max_steps"]
+    warmup = min(100, steps // 10) if cfg["warmup"] is None else cfg["warmup"]
+    if not 0 <= warmup <= steps:
+        _fail(f"--warmup {warmup} must lie in 0..--max-steps {steps}")
+    if not 0 <= cfg["min_lr"] <= cfg["lr"]:
+        _fail(f"expected 0 <= --min-lr <= --lr, got {cfg['min_lr']} and {cfg['lr']}")
     train_text, valid_text = split_text("train"), split_text("valid")
     if cfg["max_chars"] is not None:
         train_text, valid_text = train_text[:cfg["max_chars"]], valid_text[:cfg["max_chars"]]
@@ -192,12 +198,6 @@ def run_train(args) -> None:
         valid_ids = torch.tensor(tokenizer.encode(valid_text))
         seed_everything(cfg["seed"])
         model = GPT(model_config)
-        steps = cfg["max_steps"]
-        warmup = min(100, steps // 10) if cfg["warmup"] is None else cfg["warmup"]
-        if not 0 <= warmup <= steps:
-            _fail(f"--warmup {warmup} must lie in 0..--max-steps {steps}")
-        if not 0 <= cfg["min_lr"] <= cfg["lr"]:
-            _fail(f"expected 0 <= --min-lr <= --lr, got {cfg['min_lr']} and {cfg['lr']}")
         optimizer = configure_optimizer(model, cfg["lr"], cfg["weight_decay"])
         schedule = functools.partial(warmup_cosine, warmup_steps=warmup, total_steps=steps,
                                      min_lr=cfg["min_lr"] / cfg["lr"])
@@ -236,8 +236,7 @@ def load_run(folder, device="cpu") -> tuple[GPT, CharTokenizer | BPETokenizer]:
               f"{sorted(TOKENIZERS)}")
     tokenizer = TOKENIZERS[config["tokenizer"]].load(folder / TOKENIZER_NAME)
     model = GPT(GPTConfig(**config["model"]))
-    state = torch.load(folder / CHECKPOINT_NAME, map_location="cpu", weights_only=True)
-    model.load_state_dict(state["model"])
+    load_checkpoint(folder / CHECKPOINT_NAME, model, restore_rng=False)  # weights_only: nothing is unpickled
     return model.to(device).eval(), tokenizer
 
 
