@@ -616,10 +616,10 @@ def _fit(model, train_data, valid_data, *, steps: int, window: int, batch_size: 
             total += loss.item()
             if not math.isfinite(total):
                 break
-            loss = loss / accumulate if accumulate > 1 else loss  # the mean over the micro-batches
+            loss = loss / accumulate  # the mean over the micro-batches (x / 1 is x exactly)
             (loss if scaler is None else scaler.scale(loss)).backward()
             tokens += int((y != -1).sum())  # the targets predicted; -1 marks padding
-        history.step_losses.append(total / accumulate if accumulate > 1 else total)
+        history.step_losses.append(total / accumulate)
         if not math.isfinite(history.step_losses[-1]):
             history.diverged = True
             warnings.warn(f"the loss is {history.step_losses[-1]} at step {step}: training stopped "
