@@ -86,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--grad-clip", type=float, help="clip the gradient norm to this (default 1.0)")
     t.add_argument("--accumulate", type=int, help="micro-batches per step (default 1)")
     t.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], help="default auto: by device")
+    t.add_argument("--compile", action="store_true", help="train through torch.compile (pays on a GPU)")
     t.add_argument("--eval-every", type=int, help="steps between loss evaluations (default 200)")
     t.add_argument("--eval-batches", type=int, help="batches per evaluation (default 20)")
     t.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default 500)")
@@ -208,7 +209,8 @@ def run_train(args) -> None:
                             seed=cfg["seed"], max_seconds=args.max_seconds,
                             progress=rank == 0 and not args.quiet, accumulate=cfg["accumulate"],
                             precision=cfg["precision"], checkpoint_dir=str(out),
-                            checkpoint_every=cfg["checkpoint_every"], resume=args.resume, distributed=world > 1)
+                            checkpoint_every=cfg["checkpoint_every"], resume=args.resume, distributed=world > 1,
+                            compile=args.compile)
         except ValueError as err:
             _fail(str(err))
         if rank == 0:

@@ -42,7 +42,8 @@ Chapter 7 adds GPT's training recipe to the same loop (GPT-2, GPT-3; nanoGPT's `
   optimizer in fp32; about twice the speed and half the activation memory on a GPU;
 - checkpoints (``save_checkpoint``, ``load_checkpoint``, ``train(checkpoint_dir=...)``): a
   long run survives an interruption; with the generators' states saved too, a resumed run
-  gives exactly the losses of an uninterrupted one on the CPU.
+  gives exactly the losses of an uninterrupted one on the CPU;
+- ``torch.compile`` (``compile=True``): the same steps through generated, fused kernels.
 
     >>> data = torch.tensor([0, 1, 2, 3, 4, 5])
     >>> x, y = get_batch(data, block_size=3, batch_size=1, generator=torch.Generator().manual_seed(0))
@@ -61,8 +62,8 @@ sharded weights or optimizer states, no ``no_sync`` to skip the all-reduce betwe
 accumulated micro-batches). Every addition of
 chapter 7 is off by default (``precision="fp32"``, ``accumulate=1``, no checkpoints), so
 the earlier chapters run exactly as before; ``"auto"`` picks the precision by device.
-Evaluation stays in fp32. A checkpoint keeps one file, the latest; the schedule is a
-function of the step, so it has no state to save. No ``torch.compile``.
+Evaluation stays in fp32 and uncompiled. A checkpoint keeps one file, the latest; the
+schedule is a function of the step, so it has no state to save.
 """
 
 from __future__ import annotations
@@ -414,7 +415,8 @@ def train(model, train_data, valid_data=None, *, steps: int, batch_size: int = 3
           lr_schedule: Callable[[int], float] | None = None, eval_every: int = 100, eval_batches: int = 20,
           grad_clip: float | None = None, device=None, seed: int = 1337, max_seconds: float | None = None,
           progress: bool = True, accumulate: int = 1, precision: str = "fp32", checkpoint_dir=None,
-          checkpoint_every: int | None = None, resume: bool = True, distributed: bool = False) -> History:
+          checkpoint_every: int | None = None, resume: bool = True, distributed: bool = False,
+          compile: bool = False) -> History:
     """Train ``model`` on random windows of ``train_data``; return its ``History``.
 
     One step: a batch from ``get_batch``, ``loss.backward()``, optional gradient clipping to
@@ -460,6 +462,10 @@ def train(model, train_data, valid_data=None, *, steps: int, batch_size: int = 3
       the ``History`` equals that single process's; ``tokens_seen`` counts one process's
       tokens. Only process 0 writes checkpoints; every process reads them to resume.
       ``max_seconds`` is refused: the processes' clocks would stop them at different steps.
+    - ``compile``: run the training forward and backward through ``torch.compile(model)``,
+      which fuses operations into generated kernels (Triton on a GPU, C++ on the CPU). The
+      first steps wait for the compiler (tens of seconds); it pays on a GPU in long runs.
+      The evaluations, the checkpoints and the returned model stay uncompiled.
     """
     block_size = _window(model, block_size)
     _check_settings([("steps", steps), ("batch_size", batch_size), ("block_size", block_size),
@@ -471,9 +477,13 @@ def train(model, train_data, valid_data=None, *, steps: int, batch_size: int = 3
     device = pick_device() if device is None else device
     precision = resolve_precision(precision, device)
     batches = torch.Generator().manual_seed(seed)
+    if not isinstance(compile, bool):
+        raise ValueError(f"compile must be True or False, got {compile!r}")
     world, rank, net = 1, 0, model
+    if compile:
+        net = torch.compile(model)  # shares model's parameters: the optimizer and checkpoints see no difference
     if distributed:
-        world, rank, net = _data_parallel(model, device, max_seconds)
+        world, rank, net = _data_parallel(net, device, max_seconds)
     run = dict(batch_size=batch_size, block_size=block_size, accumulate=accumulate, seed=seed, precision=precision)
     if world > 1:
         run["world_size"] = world

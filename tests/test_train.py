@@ -581,6 +581,26 @@ def test_bf16_autocast_on_the_cpu_is_close_to_fp32():
     assert d.step_losses == pytest.approx(c.step_losses, abs=0.05)
 
 
+def test_compile_trains_the_same_model_through_generated_kernels(monkeypatch):
+    compiled = []
+    real = torch.compile
+
+    def spy(model, **kwargs):  # the eager backend: the same graph capture, without the C++ compiler's wait
+        compiled.append(model)
+        return real(model, backend="eager", **kwargs)
+
+    monkeypatch.setattr(torch, "compile", spy)
+    eager_model, compiled_model = make_gpt(), make_gpt()
+    a = run(eager_model, steps=3, block_size=8, eval_every=3)
+    b = run(compiled_model, steps=3, block_size=8, eval_every=3, compile=True)
+    assert compiled == [compiled_model]  # train compiled the model it was given, once
+    assert b.step_losses == pytest.approx(a.step_losses, abs=1e-5)
+    assert all(torch.allclose(p, q, atol=1e-5) for p, q in zip(eager_model.parameters(), compiled_model.parameters()))
+    assert not any(k.startswith("_orig_mod") for k in compiled_model.state_dict())  # checkpoints keep our names
+    with pytest.raises(ValueError, match="compile must be True or False"):
+        run(make_gpt(), steps=1, block_size=8, compile="yes")
+
+
 # ---------------------------------------------------------------------------- checkpoints
 def recipe_run(model, steps, **kwargs):
     """A GPT with dropout (the global torch generator matters), the optimizer of
