@@ -810,7 +810,7 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
 
 # ---------------------------------------------------------------------------- scoring texts
 def sequence_logprobs(model, ids, start_id: int, batch_size: int = 64, device=None,
-                      window: int | None = None) -> torch.Tensor:
+                      window: int | None = None, context: int | None = None) -> torch.Tensor:
     """Natural-log probability of every token of the 1-D sequence ``ids``, float64, shape (N,).
 
     The sequence is preceded by one ``start_id`` token, so ``ids[0]`` is predicted from the
@@ -825,6 +825,14 @@ def sequence_logprobs(model, ids, start_id: int, batch_size: int = 64, device=No
 
         sequence [s, a, b, c, d] (s = start), block_size = window = 2:
         windows  [s a] -> P(a|s), P(b|s a);  [a b] -> P(c|a b);  [b c] -> P(d|b c)
+
+    A Transformer accepts no longer window, so by default every window after the first
+    scores one position: N forward passes of ``block_size`` tokens. ``context`` trades
+    exactness for speed: each later window scores every position that sees at least
+    ``context`` tokens (1 <= context <= block_size; the default is block_size). With
+    ``context = block_size // 2`` a GPT reads the text about twice instead of
+    ``block_size`` times, and each token is scored from between ``context`` and
+    ``block_size`` previous tokens (Hugging Face's "strided" perplexity).
     """
     block_size = _check_model(model)
     if isinstance(ids, (list, tuple)):
@@ -837,12 +845,15 @@ def sequence_logprobs(model, ids, start_id: int, batch_size: int = 64, device=No
     if window < block_size:
         raise ValueError(f"window={window} is shorter than the model's block_size={block_size}: "
                          "positions would be scored with a context cut short")
+    context = block_size if context is None else _check_positive_int("context", context)
+    if context > block_size:
+        raise ValueError(f"context={context} is longer than the model's block_size={block_size}")
     n = len(ids)
     inputs = torch.cat([torch.tensor([start_id]), ids[:-1]])  # (N,) token j is predicted after inputs[j]
     length = min(window, n)
     # windows as (first position, first position scored): the first scores everything
     spans = [(0, 0)]
-    stride = length - block_size + 1
+    stride = length - min(context, length) + 1  # the positions of a window that see >= context tokens
     pos = length
     while pos < n:
         end = min(pos + stride, n)
@@ -864,7 +875,7 @@ def sequence_logprobs(model, ids, start_id: int, batch_size: int = 64, device=No
 
 
 def bits_per_char(model, texts_ids, start_id: int, n_chars: int | None = None, batch_size: int = 64,
-                  device=None, window: int | None = None) -> float:
+                  device=None, window: int | None = None, context: int | None = None) -> float:
     """Bits per character of ``model`` on whole texts (the course ladder's metric).
 
     ``texts_ids`` is a list of 1-D token sequences (one per play); each is scored by
@@ -873,7 +884,7 @@ def bits_per_char(model, texts_ids, start_id: int, n_chars: int | None = None, b
     The result is the sum of -log2 P over all tokens divided by ``n_chars``, the number
     of characters of the texts: by default the number of tokens (right for character
     models); a subword model's caller passes the texts' total length in characters, so
-    models with any tokenizer compare.
+    models with any tokenizer compare. ``window`` and ``context`` go to ``sequence_logprobs``.
 
     A uniform model over V tokens scores log2(V) bits per character.
     """
@@ -888,7 +899,7 @@ def bits_per_char(model, texts_ids, start_id: int, n_chars: int | None = None, b
     if hasattr(model, "texts_logprobs"):  # a recurrent model reads the texts side by side, exactly
         logprobs = model.texts_logprobs(texts_ids, start_id, device=device)
     else:
-        logprobs = [sequence_logprobs(model, ids, start_id, batch_size, device, window) for ids in texts_ids]
+        logprobs = [sequence_logprobs(model, ids, start_id, batch_size, device, window, context) for ids in texts_ids]
     for ids, lp in zip(texts_ids, logprobs, strict=True):
         total_nats -= lp.sum().item()
         n_tokens += len(ids)

@@ -172,6 +172,37 @@ def test_every_token_is_scored_once_with_its_full_context(block, n, extra):
     torch.testing.assert_close(got, expected)
 
 
+@pytest.mark.parametrize("block, context", [(b, c) for b in (1, 2, 5, 8) for c in (1, 2, 4, 8) if c <= b])
+@pytest.mark.parametrize("n", [1, 5, 17, 40])
+@pytest.mark.parametrize("extra", [0, 3])
+def test_a_shorter_context_scores_every_token_once_with_at_least_that_context(block, n, extra, context):
+    probe = ContextProbe(block)
+    got = sequence_logprobs(probe, [0] * n, start_id=1, window=block + extra, context=context, batch_size=3)
+    assert got.shape == (n,)
+    seen = -torch.log(torch.expm1(-got))  # invert log softmax([c, 0])[0] = -log(1 + e^-c)
+    torch.testing.assert_close(seen, seen.round(), atol=1e-6, rtol=0)
+    j = torch.arange(n).double()
+    assert (seen <= torch.clamp(j + 1, max=block) + 1e-6).all()  # never more than exists or fits
+    assert (seen >= torch.clamp(j + 1, max=context) - 1e-6).all()  # never less than asked
+    if context == block:
+        torch.testing.assert_close(got, sequence_logprobs(probe, [0] * n, start_id=1, window=block + extra))
+
+
+def test_a_shorter_context_reads_a_gpt_text_in_fewer_windows():
+    model = make_gpt()  # block 8
+    ids = random_ids(60)
+    calls = []
+    model.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    full = sequence_logprobs(model, ids, start_id=0, batch_size=1)
+    n_full, calls[:] = len(calls), []
+    half = sequence_logprobs(model, ids, start_id=0, batch_size=1, context=4)
+    assert n_full == 60 - 8 + 1 and len(calls) == math.ceil((60 - 8) / 5) + 1  # windows of 8, 5 new positions each
+    torch.testing.assert_close(full[:8], half[:8])  # the first window is the same
+    with pytest.raises(ValueError, match=r"context=9 is longer than the model's block_size=8"):
+        sequence_logprobs(model, ids, start_id=0, context=9)
+    assert bits_per_char(model, [ids], 0, context=8) == pytest.approx(-full.sum().item() / math.log(2) / 60)
+
+
 def test_sequence_logprobs_default_window_fits_the_block_and_restores_mode():
     model = Strict(make_mlp(k=3))
     model.train()
