@@ -218,6 +218,7 @@ class History:
     seconds: float = 0.0  # wall-clock time of the training steps (evaluation not counted)
     tokens_seen: int = 0  # training positions seen: steps * accumulate * batch_size * block_size
     diverged: bool = False  # training stopped at a loss that was not finite (lr too high?)
+    grad_norms: list[float] = field(default_factory=list)  # global gradient norm of every step, before clipping
 
     @property
     def best_valid(self) -> float:
@@ -638,7 +639,10 @@ def _fit(model, train_data, valid_data, *, steps: int, window: int, batch_size: 
             if scaler is not None:
                 scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
             if grad_clip is not None:
-                clip(model.parameters(), grad_clip)
+                norm = clip(model.parameters(), grad_clip)  # the norm before clipping
+            else:
+                norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
+            history.grad_norms.append(float(norm))
             if scaler is None:
                 optimizer.step()
             else:

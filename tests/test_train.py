@@ -4,6 +4,7 @@ recipe: the optimizer's parameter groups, warm-up and cosine decay against the f
 gradient accumulation against one large batch, autocast, and checkpoints (an interrupted
 and resumed run against an uninterrupted one, weights_only loading, atomic writes)."""
 
+import copy
 import functools
 import math
 import os
@@ -610,6 +611,21 @@ def test_bf16_autocast_on_the_cpu_is_close_to_fp32():
     c = run(gpt32, steps=3, block_size=8, eval_every=3)
     d = run(gpt16, steps=3, block_size=8, eval_every=3, precision="bf16")
     assert d.step_losses == pytest.approx(c.step_losses, abs=0.05)
+
+
+@pytest.mark.parametrize("grad_clip", [None, 1e-3])
+def test_the_history_records_each_step_gradient_norm_before_clipping(grad_clip):
+    model = make_gpt()
+    start = copy.deepcopy(model)
+    history = run(model, steps=4, block_size=8, eval_every=4, grad_clip=grad_clip)
+    assert len(history.grad_norms) == len(history.step_losses) == 4
+    # the first step's norm, by hand: the same batch through the same starting weights
+    x, y = get_batch(REPEAT, 8, 8, torch.Generator().manual_seed(1337))
+    _, loss = start(x, y)
+    loss.backward()
+    expected = torch.cat([p.grad.flatten() for p in start.parameters()]).norm().item()
+    assert history.grad_norms[0] == pytest.approx(expected, rel=1e-5)
+    assert min(history.grad_norms) > 1e-3  # so clipping at 1e-3 really clipped, and the record is from before
 
 
 def test_compile_trains_the_same_model_through_generated_kernels(monkeypatch):
