@@ -39,6 +39,7 @@ class Entry:
     valid_bpc: float | None = None  # bits per character on the validation plays
     notes: str = ""
     fast_mode: bool = field(default_factory=is_fast_mode)  # a shrunken CI run, not a real result
+    train_tokens: int | None = None  # tokens read in training (a neural model's D in 6 N D); None for counts
 
 
 def results_dir() -> Path:
@@ -63,6 +64,9 @@ def record(**fields) -> Entry:
         raise ValueError(f"valid_bpc must be a finite number >= 0, got {entry.valid_bpc!r}")
     if not isinstance(entry.parameters, int) or entry.parameters < 0:
         raise ValueError(f"parameters must be an integer >= 0, got {entry.parameters!r}")
+    if entry.train_tokens is not None and (isinstance(entry.train_tokens, bool) or not isinstance(
+            entry.train_tokens, int) or entry.train_tokens <= 0):
+        raise ValueError(f"train_tokens must be an integer > 0 or None, got {entry.train_tokens!r}")
     folder = results_dir()
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"ch{entry.chapter:02d}-{_slug(entry.model)}.json"

@@ -41,7 +41,8 @@ def test_fast_mode_rows_are_marked(results, monkeypatch):
 
 
 @pytest.mark.parametrize("bad", [dict(test_bpc=float("nan")), dict(test_bpc=-1.0), dict(parameters=1.5),
-                                 dict(model=""), dict(train_seconds=float("inf"))])
+                                 dict(model=""), dict(train_seconds=float("inf")), dict(train_tokens=0),
+                                 dict(train_tokens=1.5e6), dict(train_tokens=True)])
 def test_bad_records_are_refused(results, bad):
     fields = dict(model="m", chapter=1, test_bpc=2.0, parameters=1, train_seconds=1.0, device="cpu") | bad
     with pytest.raises(ValueError):
@@ -54,3 +55,10 @@ def test_clear_removes_one_chapter_only(results):
         ladder.record(model=model, chapter=chapter, test_bpc=2.0, parameters=1, train_seconds=1, device="cpu")
     assert ladder.clear(1) == 2
     assert [e.model for e in ladder.load()] == ["c"]
+
+
+def test_train_tokens_are_kept_and_optional(results):
+    ladder.record(model="LSTM", chapter=4, test_bpc=2.3, parameters=9, train_seconds=3, device="cpu", train_tokens=6_000)
+    ladder.record(model="counts", chapter=1, test_bpc=2.1, parameters=9, train_seconds=3, device="cpu")
+    rows = {e.model: e.train_tokens for e in ladder.load()}
+    assert rows == {"LSTM": 6_000, "counts": None}
