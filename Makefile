@@ -21,7 +21,7 @@ help:
 	@echo "make release    regenerate exercises/ from solutions/ (nbgrader generate_assignment)"
 	@echo "make autograde A=ch01   grade submitted/<student>/ch01/"
 	@echo "make feedback A=ch01    write feedback/ for graded submissions"
-	@echo "make benchmark  n-gram scoring against nltk.lm, BPE against tokenizers"
+	@echo "make benchmark  n-gram scoring against nltk.lm, BPE against tokenizers, GPT against transformers"
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -64,6 +64,7 @@ feedback: setup
 benchmark: setup
 	$(PY) benchmarks/bench_ngram.py
 	$(PY) benchmarks/bench_bpe.py
+	$(PY) benchmarks/bench_gpt.py
 
 clean:
 	rm -rf _build
