@@ -95,7 +95,7 @@ def describe_device(device: str) -> str:
             threads = torch.get_num_threads()
         except ImportError:  # pragma: no cover - torch is a dependency
             threads = os.cpu_count()
-        return f"cpu ({threads} threads)"
+        return f"cpu ({threads} thread{'' if threads == 1 else 's'})"
     return device
 
 
