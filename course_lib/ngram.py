@@ -142,20 +142,36 @@ class NGramLM:
         return f"NGramLM(order={self.order}, smoothing={self.smoothing!r}{extra}{size})"
 
     # ------------------------------------------------------------------ fitting
-    def fit(self, sentences: Iterable[Sequence[str]]) -> NGramLM:
-        """Count every k-gram (k = 1..n) of the padded training sentences; returns self."""
+    def fit(self, sentences: Iterable[Sequence[str]], vocab: Iterable[str] | None = None) -> NGramLM:
+        """Count every k-gram (k = 1..n) of the padded training sentences; returns self.
+
+        ``vocab``: the tokens the model knows, given instead of those seen ``min_count``
+        times (which then does not apply); training tokens outside it count as ``<unk>``.
+        Models fitted on different texts with one ``vocab`` give probabilities over the
+        same tokens, as a Naive Bayes classifier needs (one model per class).
+        """
         sentences = _check_sentences(sentences)
         n = self.order
         total_tokens = sum(len(s) for s in sentences)
         if total_tokens == 0:
             raise ValueError("cannot fit an n-gram model on an empty corpus (no tokens)")
 
-        # vocabulary: <s>, </s>, <unk>, then every token seen >= min_count times, sorted
-        counts: dict[str, int] = {}
-        for s in sentences:
-            for t in s:
-                counts[t] = counts.get(t, 0) + 1
-        kept = sorted(t for t, c in counts.items() if c >= self.min_count and t not in (BOS, EOS, UNK))
+        # vocabulary: <s>, </s>, <unk>, then every token seen >= min_count times (or vocab), sorted
+        if vocab is None:
+            counts: dict[str, int] = {}
+            for s in sentences:
+                for t in s:
+                    counts[t] = counts.get(t, 0) + 1
+            kept = sorted(t for t, c in counts.items() if c >= self.min_count and t not in (BOS, EOS, UNK))
+        else:
+            if isinstance(vocab, str):
+                raise TypeError("vocab must be a collection of str tokens, got one str; for characters pass "
+                                "set(text)")
+            vocab = list(vocab)
+            bad = next((t for t in vocab if not isinstance(t, str)), None)
+            if bad is not None:
+                raise TypeError(f"vocab must hold str tokens, found a {type(bad).__name__}")
+            kept = sorted(set(vocab) - {BOS, EOS, UNK})
         self.vocab = [BOS, EOS, UNK] + kept
         self._index = {t: i for i, t in enumerate(self.vocab)}
         V = len(self.vocab)
