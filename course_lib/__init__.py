@@ -21,6 +21,12 @@ One module per concept, in the order of the chapters:
   with a key-value cache, top-k and top-p sampling (chapter 7).
 - ``course_lib.gpt_cli``: ``python -m course_lib.gpt train|sample``, training on the
   corpus (data parallel under ``torchrun``) and sampling (chapter 7).
+- ``course_lib.bert``: BERT's encoder, masked language modelling and the classifier on
+  [CLS], loading transformers' BERT models (chapter 8).
+- ``course_lib.genre``: the genre task (comedy, history, tragedy) split by play, and a
+  Naive Bayes classifier on chapter 1's counts (chapter 8).
+- ``course_lib.bert_train``: pre-training a mini-BERT on the plays, fine-tuning it,
+  ``python -m course_lib.bert pretrain`` and the saved checkpoint (chapter 8).
 - ``course_lib.ladder``: the course ladder, bits per character on the test plays.
 - ``course_lib.grading``: checks used by the exercises' autograded tests.
 
