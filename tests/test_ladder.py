@@ -58,7 +58,8 @@ def test_clear_removes_one_chapter_only(results):
 
 
 def test_train_tokens_are_kept_and_optional(results):
-    ladder.record(model="LSTM", chapter=4, test_bpc=2.3, parameters=9, train_seconds=3, device="cpu", train_tokens=6_000)
+    ladder.record(model="LSTM", chapter=4, test_bpc=2.3, parameters=9, train_seconds=3, device="cpu",
+                  train_tokens=6_000)
     ladder.record(model="counts", chapter=1, test_bpc=2.1, parameters=9, train_seconds=3, device="cpu")
     rows = {e.model: e.train_tokens for e in ladder.load()}
     assert rows == {"LSTM": 6_000, "counts": None}
