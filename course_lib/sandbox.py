@@ -171,11 +171,12 @@ def _mount_args(hidden: list[Path], needed: list[Path], limits: Limits) -> list[
     return args
 
 
-def _env() -> dict[str, str]:
+def _env(home: str = HOMEDIR, tmp: str = "/tmp") -> dict[str, str]:
     bin_dir = os.path.dirname(sys.executable)
-    env = {"PATH": f"{bin_dir}:/usr/local/bin:/usr/bin:/bin", "HOME": HOMEDIR, "TMPDIR": "/tmp",
+    env = {"PATH": f"{bin_dir}:/usr/local/bin:/usr/bin:/bin", "HOME": home, "TMPDIR": tmp,
            "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1", "MPLBACKEND": "Agg",
-           "MPLCONFIGDIR": f"{HOMEDIR}/.matplotlib", "JUPYTER_PLATFORM_DIRS": "1"}
+           "MPLCONFIGDIR": f"{home}/.matplotlib", "JUPYTER_PLATFORM_DIRS": "1",
+           "JUPYTER_RUNTIME_DIR": f"{home}/runtime"}
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NBGRADER_EXECUTION", "TZ"):
         if name in os.environ:
             env[name] = os.environ[name]
@@ -270,7 +271,7 @@ def clean_output(out, max_chars: int) -> dict | None:
             return {"output_type": "stream", "name": out["name"], "text": cut(text)}
     elif kind == "error":
         ename, evalue, tb = out.get("ename"), out.get("evalue"), out.get("traceback")
-        if isinstance(ename, str) and isinstance(evalue, str) and _text(tb) is not None:
+        if isinstance(ename, str) and isinstance(evalue, str) and isinstance(tb, list) and _text(tb) is not None:
             kept, budget = [], max_chars
             for line in tb:
                 if budget <= 0:
@@ -328,7 +329,7 @@ def run_notebook(nb: dict, settings: dict, limits: Limits, *, files: dict[str, b
     }).encode()
 
     start = time.monotonic()
-    env = None if sandboxed else dict(_env(), HOME=os.path.join(scratch, "home"), TMPDIR=scratch)
+    env = None if sandboxed else _env(os.path.join(scratch, "home"), scratch)
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             start_new_session=True, env=env, cwd=scratch or "/")
     cells: dict[int, dict] = {}

@@ -77,14 +77,34 @@ def write_files(workdir: str, files: dict) -> None:
             f.write(base64.b64decode(data))
 
 
-def kill_strays(keep: set[int]) -> None:
-    """Kill every process of this sandbox's process namespace but ``keep``."""
+def kill_strays(keep: set[int]) -> int:
+    """Kill every process of this sandbox's process namespace but ``keep``; how many."""
+    killed = 0
     for name in os.listdir("/proc"):
         if name.isdigit() and int(name) not in keep:
             try:
                 os.kill(int(name), signal.SIGKILL)
+                killed += 1
             except (ProcessLookupError, PermissionError):
                 pass
+    return killed
+
+
+# Run in the kernel after its children were killed: they stay zombies, and hold the
+# process limit, until their parent waits for them.
+REAP = """exec('''
+import os, time
+end = time.monotonic() + 2
+while True:
+    try:
+        pid, _ = os.waitpid(-1, os.WNOHANG)
+    except ChildProcessError:
+        break
+    if pid == 0:
+        if time.monotonic() > end:
+            break
+        time.sleep(0.02)
+''', {})"""
 
 
 def error_output(ename: str, evalue: str) -> dict:
@@ -194,8 +214,12 @@ async def run(nb, settings: dict, emit) -> None:
             continue
         cell = cells[i]
         emit({"event": "cell", "index": i, "execution_count": cell.get("execution_count"), "outputs": cell.outputs})
-        if settings["sandboxed"]:
-            kill_strays({1, os.getpid(), kernel_pid()})
+        if settings["sandboxed"] and kill_strays({1, os.getpid(), kernel_pid()}):
+            try:
+                await client.kc.execute_interactive(REAP, silent=True, store_history=False, timeout=10,
+                                                    output_hook=lambda msg: None)
+            except Exception:  # noqa: BLE001  a kernel that will not reap keeps its zombies, and its limit
+                pass
     await stop()
     emit({"event": "done"})
 

@@ -32,6 +32,7 @@ import nbformat
 import pytest
 from nbgrader.api import Gradebook
 
+from course_lib.sandbox import check_sandbox
 from nbgrader_course import BIN, ROOT, make_course
 
 pytestmark = pytest.mark.slow
@@ -200,6 +201,9 @@ class Listener:
 
 @pytest.fixture(scope="module")
 def graded(tmp_path_factory):
+    reason = check_sandbox()
+    if reason:
+        pytest.fail(f"the grading sandbox does not work here: {reason}")
     tmp = tmp_path_factory.mktemp("sandbox")
     course = make_course(tmp, A)
     home = tmp / "home"  # the instructor's HOME while grading

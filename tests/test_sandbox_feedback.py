@@ -11,6 +11,7 @@ import re
 import nbformat
 import pytest
 
+from course_lib.sandbox import check_sandbox
 from nbgrader_course import ROOT, make_course, nbgrader
 
 pytestmark = pytest.mark.slow
@@ -51,6 +52,9 @@ def hidden_and_visible_lines(notebook_path):
 
 @pytest.fixture(scope="module")
 def feedback(tmp_path_factory):
+    reason = check_sandbox()
+    if reason:
+        pytest.fail(f"the grading sandbox does not work here: {reason}")
     course = make_course(tmp_path_factory.mktemp("feedback"), A)
     source = ROOT / "solutions" / A / f"{A}.ipynb"
     # passes the visible tests of perplexity and fails a hidden one; fails sample_next's visible test
