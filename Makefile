@@ -12,15 +12,15 @@ STAMP := $(VENV)/.installed
 TORCH_CPU ?= torch==2.13.0
 CHAPTERS := $(notdir $(wildcard solutions/ch[0-9][0-9]))
 
-.PHONY: help setup book test lab release autograde feedback benchmark site-deps clean
+.PHONY: help setup book test lab release autograde feedback benchmark site-deps sandbox-deps clean
 
 help:
 	@echo "make book       build the book with every notebook executed (_build/html)"
 	@echo "make test       run the whole test suite"
 	@echo "make lab        JupyterLab with nbgrader, for instructors"
 	@echo "make release    regenerate exercises/ from solutions/ (nbgrader generate_assignment)"
-	@echo "make autograde A=ch01   grade submitted/<student>/ch01/"
-	@echo "make feedback A=ch01    write feedback/ for graded submissions"
+	@echo "make autograde A=ch01   grade submitted/<student>/ch01/, each in a sandbox (J=2: at a time)"
+	@echo "make feedback A=ch01    write feedback/ for graded submissions (hidden tests not shown)"
 	@echo "make benchmark  n-gram scoring against nltk.lm, BPE against tokenizers, GPT against transformers"
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
@@ -44,7 +44,18 @@ site-deps:
 	  || echo "WARNING: could not install chromium; the site check will be skipped"; \
 	else echo "WARNING: chromium is missing and cannot be installed here; the site check will be skipped"; fi
 
-test: setup site-deps
+# bubblewrap, the sandbox that grading runs students' code in (course_lib.sandbox). Where
+# it cannot be installed, grading refuses to run students' code and its tests fail,
+# saying why.
+sandbox-deps:
+	@if command -v bwrap >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing bubblewrap, the sandbox for grading"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null) \
+	  || echo "WARNING: could not install bubblewrap; grading and its tests will refuse to run students' code"; \
+	else echo "WARNING: bubblewrap (bwrap) is missing and cannot be installed here; grading and its tests will refuse to run students' code (install the package bubblewrap)"; fi
+
+test: setup site-deps sandbox-deps
 	$(PY) -m pytest -q
 
 lab: setup
@@ -53,10 +64,13 @@ lab: setup
 release: setup
 	@for a in $(CHAPTERS); do $(BIN)/nbgrader generate_assignment $$a --force || exit 1; done
 
-autograde: setup
-	@test -n "$(A)" || (echo "usage: make autograde A=ch01" && exit 2)
-	$(BIN)/nbgrader autograde $(A) --force
+# Every submission runs in a sandbox, J of them at a time (default: one per core);
+# UNSANDBOXED=1 runs them without one where bubblewrap is missing (with your rights).
+autograde: setup sandbox-deps
+	@test -n "$(A)" || (echo "usage: make autograde A=ch01 [J=2] [UNSANDBOXED=1]" && exit 2)
+	$(PY) -m course_lib.autograde $(A) $(if $(J),--jobs $(J)) $(if $(UNSANDBOXED),--unsandboxed)
 
+# nbgrader_config.py keeps the source of hidden tests out of the pages.
 feedback: setup
 	@test -n "$(A)" || (echo "usage: make feedback A=ch01" && exit 2)
 	$(BIN)/nbgrader generate_feedback $(A) --force
