@@ -304,7 +304,7 @@ def parse_args(argv):
     p = argparse.ArgumentParser(prog="python -m course_lib.autograde", description=(
         "Grade every submission of an assignment with nbgrader, each run in a sandbox (bubblewrap), "
         "several at a time. Run it in the course folder (where nbgrader_config.py is)."))
-    p.add_argument("assignment", help="the assignment, e.g. ch01")
+    p.add_argument("assignment", nargs="?", help="the assignment, e.g. ch01")
     p.add_argument("--student", action="append", help="grade only this student (repeatable)")
     p.add_argument("-j", "--jobs", type=int, default=os.cpu_count() or 1, help="submissions graded at a time")
     p.add_argument("--course", default=".", help="the course folder (default: here)")
@@ -319,6 +319,8 @@ def parse_args(argv):
     args = p.parse_args(argv)
     if args.jobs < 1:
         p.error("--jobs should be at least 1")
+    if not args.assignment and not args.check:
+        p.error("name the assignment, e.g. ch01 (or --check)")
     return args
 
 

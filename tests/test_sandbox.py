@@ -150,6 +150,13 @@ def test_a_cell_that_kills_the_kernel_costs_only_itself():
     assert printed(result, 2) == "42\n"  # a new kernel replayed the first cell
 
 
+def test_the_cpu_limit_kills_a_busy_kernel_and_grading_goes_on():
+    result = run(["x = 41", "while True:\n    pass", "print(x + 1)"], cpu_seconds=5)
+    assert result.stopped is None, result.log[-2000:]
+    assert "the kernel died" in str(result.cells[1]["outputs"])  # SIGXCPU, well before the 20 s cell timeout
+    assert printed(result, 2) == "42\n"
+
+
 # --------------------------------------------------------------------------- gradebook lock
 
 
