@@ -46,6 +46,7 @@ uses -100). Pre-training and fine-tuning on the course corpus: ``course_lib.bert
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -59,7 +60,7 @@ from .train import _check_positive_int
 
 __all__ = ["BertConfig", "BertEmbeddings", "BertSelfAttention", "BertLayer", "BertModel", "MLMHead",
            "BertForMaskedLM", "BertForSequenceClassification", "pair_inputs", "mask_tokens", "mlm_loss",
-           "ACTIVATIONS"]
+           "attention_maps", "ACTIVATIONS"]
 
 # the activations of the feed-forward layer, by name; transformers' names map to these in from_hf
 ACTIVATIONS = {
@@ -316,6 +317,43 @@ class BertModel(nn.Module):
         state, config, training = _hf_source(source, config, "BertModel")
         state = _rename_hf(state, prefix="")
         return _load(cls(config, pooler="pooler.weight" in state), state, training)
+
+
+def attention_maps(model: nn.Module, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None,
+                   attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The attention weights of every layer and head: (n_layer, B, nh, T, T), row t of a map
+    the weights query t puts on the keys (each row sums to 1; padded keys get 0).
+
+    ``model``: a ``BertModel``, ``BertForMaskedLM`` or ``BertForSequenceClassification``.
+    The forward pass never forms these weights (``F.scaled_dot_product_attention`` fuses
+    them away), so they are recomputed here from each layer's input, as in chapter 6:
+    softmax(q k^T / sqrt(hs)) per head. Call it in eval mode: then they are exactly the
+    weights the forward pass uses (in training mode dropout would change the layers'
+    outputs). No gradients.
+
+        maps = attention_maps(mlm.eval(), ids)      # ids (1, T)
+        maps[3, 0, 2]                               # layer 3, head 2: a (T, T) matrix
+    """
+    bert = model if isinstance(model, BertModel) else getattr(model, "bert", None)
+    if not isinstance(bert, BertModel):
+        raise TypeError(f"expected a BertModel, BertForMaskedLM or BertForSequenceClassification, got "
+                        f"{type(model).__name__}")
+    mask = _check_inputs(input_ids, token_type_ids, attention_mask, bert.config)  # (B, 1, 1, T) or None
+    maps = []
+    with torch.no_grad():
+        x = bert.embeddings(input_ids, token_type_ids)  # (B, T, C)
+        for layer in bert.layers:
+            attn = layer.attn
+            B, T, C = x.shape
+            nh, hs = attn.n_head, C // attn.n_head
+            q = attn.query(x).view(B, T, nh, hs).transpose(1, 2)  # (B, T, C) -> (B, nh, T, hs)
+            k = attn.key(x).view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
+            scores = q @ k.transpose(-2, -1) / math.sqrt(hs)  # (B, nh, T, T)
+            if mask is not None:
+                scores = scores.masked_fill(~mask, float("-inf"))  # padded keys: weight 0
+            maps.append(torch.softmax(scores.float(), dim=-1).to(x.dtype))
+            x = layer(x, mask)
+    return torch.stack(maps)  # (n_layer, B, nh, T, T)
 
 
 def pair_inputs(ids_a, ids_b, cls_id: int, sep_id: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -29,6 +29,16 @@ The command line pre-trains and saves the course's small checkpoint::
     python -m course_lib.bert pretrain --out runs/bert                  # the defaults below
     python -m course_lib.bert pretrain --out runs/quick --fast          # a check in seconds
 
+**The shipped checkpoint.** The course ships one such folder inside the package,
+``SHIPPED_DIR`` (``course_lib/pretrained/bert_mini``, package data, so ``pip install``
+from the repository brings it), written by
+``python -m course_lib.bert pretrain --out course_lib/pretrained/bert_mini`` with the
+architecture of ``DEFAULTS`` (``SHIPPED_ARCHITECTURE``: BPE of 2048 tokens, 128 positions,
+4 layers, 4 heads, width 128). ``load_shipped`` reads it (or the folder named by the
+environment variable ``COURSE_BERT_DIR``, to try another checkpoint), and
+``pretrained_record`` returns what its run recorded (steps, losses, time, device), so that
+a chapter reports the checkpoint's own figures.
+
 Scope: one process, no resumption of an interrupted run (the folder is written at the
 end), no next-sentence task; windows cross the boundaries between plays as chapter 3's do.
 """
@@ -39,7 +49,9 @@ import argparse
 import functools
 import json
 import math
+import os
 import random
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -50,14 +62,16 @@ import torch
 from .bert import BertConfig, BertForMaskedLM, BertForSequenceClassification, mask_tokens
 from .data import load_split
 from .genre import dialogue, scores
-from .runtime import pick_device, seed_everything
+from .runtime import describe_device, pick_device, seed_everything
 from .tokenizers import BPETokenizer
 from .train import (History, _check_positive_int, _check_settings, _check_tokens, _eval_mode, _fit, _model_device,
-                    configure_optimizer, get_batch, warmup_cosine)
+                    configure_optimizer, get_batch, resolve_precision, warmup_cosine)
 
 __all__ = ["SPECIAL_TOKENS", "Specials", "train_tokenizer", "corpus_text", "mlm_batch", "evaluate_mlm",
            "MLMHistory", "pretrain_mlm", "encode_texts", "ClassifierHistory", "finetune_classifier",
-           "predict_classes", "save_pretrained", "load_pretrained", "main", "CONFIG_NAME", "TOKENIZER_NAME"]
+           "predict_classes", "save_pretrained", "load_pretrained", "pretrained_record", "SHIPPED_DIR",
+           "SHIPPED_ARCHITECTURE", "BERT_DIR_ENV", "shipped_dir", "load_shipped", "main", "CONFIG_NAME",
+           "TOKENIZER_NAME"]
 
 SPECIAL_TOKENS = ("[PAD]", "[CLS]", "[SEP]", "[MASK]")
 CONFIG_NAME, TOKENIZER_NAME = "config.json", "tokenizer.json"
@@ -190,6 +204,7 @@ def pretrain_mlm(model: BertForMaskedLM, train_ids, valid_ids=None, *, specials:
     train_ids = _check_tokens("train_ids", train_ids, block_size - 1)
     valid_ids = None if valid_ids is None else _check_tokens("valid_ids", valid_ids, block_size - 1)
     device = pick_device() if device is None else device
+    precision = resolve_precision(precision, device)  # "auto": bf16 or fp16 on a GPU, fp32 on the CPU
     vocab_size = model.config.vocab_size
     optimizer = configure_optimizer(model, lr, weight_decay, betas=(0.9, 0.999))
     schedule = functools.partial(warmup_cosine, warmup_steps=warmup_steps, total_steps=steps, min_lr=min_lr / lr)
@@ -319,6 +334,7 @@ def finetune_classifier(model: BertForSequenceClassification, train_set, valid_s
             raise ValueError(f"{name}: labels must be class ids 0..{model.n_classes - 1}")
     warmup_steps = steps // 10 if warmup_steps is None else warmup_steps
     device = pick_device() if device is None else device
+    precision = resolve_precision(precision, device)  # "auto": bf16 or fp16 on a GPU, fp32 on the CPU
     optimizer = configure_optimizer(model, lr, weight_decay, betas=(0.9, 0.999))
     schedule = functools.partial(warmup_cosine, warmup_steps=warmup_steps, total_steps=steps)
     rng = random.Random(seed)
@@ -430,11 +446,53 @@ def load_pretrained(folder, device="cpu"):
     return model.to(device).eval(), BPETokenizer.load(folder / TOKENIZER_NAME)
 
 
+def pretrained_record(folder) -> dict:
+    """What the run that wrote ``folder`` recorded (``config.json``'s ``extra``): for a folder of
+    the command line, ``settings``, the evaluation ``steps`` with ``train_loss``, ``valid_loss``
+    (MLM loss, nats) and ``valid_accuracy``, ``train_seconds``, ``device``, ``parameters``, ..."""
+    path = Path(folder) / CONFIG_NAME
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: not a folder written by save_pretrained")
+    return json.loads(path.read_text(encoding="utf-8")).get("extra", {})
+
+
+# ---------------------------------------------------------------------------- the shipped checkpoint
+SHIPPED_DIR = Path(__file__).resolve().parent / "pretrained" / "bert_mini"  # package data
+BERT_DIR_ENV = "COURSE_BERT_DIR"  # names another folder to use instead (e.g. a checkpoint of your own)
+SHIPPED_COMMAND = "python -m course_lib.bert pretrain --out course_lib/pretrained/bert_mini"
+
+
+def shipped_dir() -> Path:
+    """The folder of the course's pre-trained BERT: ``$COURSE_BERT_DIR`` if set, else ``SHIPPED_DIR``."""
+    return Path(os.environ.get(BERT_DIR_ENV) or SHIPPED_DIR)
+
+
+def load_shipped(device="cpu"):
+    """``(model, tokenizer)``: the course's pre-trained ``BertForMaskedLM`` (``shipped_dir()``) and
+    its BPE, the model on ``device`` in eval mode. A missing folder is an error that says how
+    to get one."""
+    folder = shipped_dir()
+    if not any((folder / name).exists() for name in WEIGHTS_NAMES) or not (folder / CONFIG_NAME).exists():
+        where = (f"${BERT_DIR_ENV} = {folder}" if os.environ.get(BERT_DIR_ENV)
+                 else f"{folder}, where course_lib ships it")
+        raise FileNotFoundError(
+            f"the course's pre-trained BERT is missing: no {CONFIG_NAME} and model.safetensors in {where}. "
+            "Reinstall course_lib from the course's repository (the checkpoint is package data), or pre-train "
+            f"one in a clone of the course with `{SHIPPED_COMMAND}` (minutes to an hour on a CPU), or point "
+            f"${BERT_DIR_ENV} at a folder written by `python -m course_lib.bert pretrain --out FOLDER`.")
+    model, tokenizer = load_pretrained(folder, device)
+    if not isinstance(model, BertForMaskedLM):
+        raise ValueError(f"{folder} holds a {type(model).__name__}, not the pre-trained BertForMaskedLM")
+    return model, tokenizer
+
+
 # ---------------------------------------------------------------------------- command line
 DEFAULTS = dict(vocab_size=2048, block_size=128, n_layer=4, n_head=4, n_embd=128, dropout=0.1, batch_size=32,
                 max_steps=2000, lr=1e-3, min_lr=1e-4, warmup=None, weight_decay=0.01, grad_clip=1.0,
                 eval_every=250, eval_batches=10, seed=1337, max_chars=None)
 FAST_CHARS = 5_000  # --fast: the first characters of each play
+# the shipped checkpoint's model (tests/test_bert_shipped.py checks it): DEFAULTS' architecture
+SHIPPED_ARCHITECTURE = {k: DEFAULTS[k] for k in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd")}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -506,7 +564,9 @@ def main(argv=None) -> None:
                                progress=not args.quiet)
     except ValueError as err:
         raise SystemExit(f"error: {err}") from None
-    record = {"settings": cfg, "steps": history.steps, "train_loss": history.train_loss,
+    record = {"settings": cfg, "argv": list(sys.argv[1:] if argv is None else argv),
+              "device": describe_device(args.device or pick_device()), "torch": torch.__version__,
+              "steps": history.steps, "train_loss": history.train_loss,
               "valid_loss": history.valid_loss, "valid_accuracy": history.valid_accuracy,
               "train_seconds": history.seconds, "prepare_seconds": prepared, "masked_tokens_seen": history.tokens_seen,
               "train_tokens": len(train_ids), "parameters": model.num_parameters()}

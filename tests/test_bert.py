@@ -5,8 +5,10 @@ with the same weights (small random configs, eval mode, padding masks, segments,
 and float64, the losses); mask_tokens' rates measured on large samples against the 15% /
 80-10-10 rule, special tokens never chosen; the MLM loss by hand; the genre task split by
 play; Naive Bayes by hand and against a direct count; the classification scores by hand (and
-against scikit-learn where installed); pre-training and fine-tuning that learn, files that
-load back, the command line; bad input. Nothing is downloaded."""
+against scikit-learn where installed); the attention maps against transformers'
+output_attentions; pre-training and fine-tuning that learn, files that load back, the
+command line; bad input. Nothing is downloaded. The shipped checkpoint:
+tests/test_bert_shipped.py."""
 
 import doctest
 import json
@@ -224,6 +226,40 @@ def test_every_position_sees_both_sides():
     other[0, -1] = (ids[0, -1] + 1) % 31
     with torch.no_grad():
         assert not torch.allclose(model(ids)[0][:, 0], model(other)[0][:, 0])
+
+
+@pytest.mark.parametrize("name", ["BertModel", "BertForMaskedLM", "BertForSequenceClassification"])
+def test_attention_maps_equal_transformers_output_attentions(name):
+    hf = hf_model(name)
+    kind = {"BertModel": BertModel, "BertForMaskedLM": BertForMaskedLM,
+            "BertForSequenceClassification": BertForSequenceClassification}[name]
+    ours = kind.from_hf(hf).eval()
+    ids, types, mask = inputs(seed=6)
+    maps = bert.attention_maps(ours, ids, types, mask)
+    with torch.no_grad():
+        out = hf(ids, token_type_ids=types, attention_mask=mask, output_attentions=True)
+    assert maps.shape == (2, 3, 3, 20, 20) and maps.dtype == torch.float32 and not maps.requires_grad
+    torch.testing.assert_close(maps, torch.stack(out.attentions), **F32)
+    torch.testing.assert_close(maps.sum(dim=-1), torch.ones(2, 3, 3, 20), **F32)  # each row a distribution
+    assert (maps[:, 1, :, :, 13:] == 0).all() and (maps[:, 2, :, :, 4:] == 0).all()  # no weight on padding
+
+
+def test_attention_maps_are_the_weights_the_forward_pass_uses():
+    """softmax(q k^T / sqrt(hs)) v through the output projection gives the layer's attention output."""
+    torch.manual_seed(0)
+    model = BertModel(config(n_layer=1)).eval()
+    ids = randint(31, (2, 7), seed=3)
+    maps = bert.attention_maps(model, ids)  # (1, B, nh, T, T)
+    with torch.no_grad():
+        x = model.embeddings(ids)  # (B, T, C)
+        attn = model.layers[0].attn
+        v = attn.value(x).view(2, 7, 2, 8).transpose(1, 2)  # (B, nh, T, hs)
+        y = (maps[0] @ v).transpose(1, 2).reshape(2, 7, 16)  # (B, nh, T, hs) -> (B, T, C)
+        torch.testing.assert_close(attn.proj(y), attn(x), **F32)
+    with pytest.raises(TypeError, match="expected a BertModel"):
+        bert.attention_maps(torch.nn.Linear(2, 2), ids)
+    with pytest.raises(ValueError, match="block_size=16"):
+        bert.attention_maps(model, randint(31, (1, 17)))
 
 
 def test_segments_and_positions_matter():
@@ -559,6 +595,7 @@ def test_command_line_pretrains_and_saves(tmp_path, capsys):
     model, tok = load_pretrained(out)
     record = json.loads((out / "config.json").read_text())["extra"]
     assert record["steps"][-1] == 3 and model.config.n_embd == 16 and tok.vocab_size == 300
+    assert record["argv"] == argv and record["device"] == "cpu (1 thread)"  # what the run was, where it ran
     with pytest.raises(SystemExit, match="already holds a model"):
         bert_train.main(argv)
     with pytest.raises(SystemExit, match="not divisible by n_head"):
