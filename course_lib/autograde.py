@@ -137,7 +137,8 @@ class SandboxedExecute(Execute):
                     "error_on_timeout": self.error_on_timeout, "iopub_timeout": self.iopub_timeout,
                     "startup_timeout": self.startup_timeout}
         with GradebookLock.let_go():
-            result = run_notebook(nb, settings, self.limits(), files=self._files(folder), course_root=os.getcwd(),
+            files = handed_in_files(folder, self._submitted_folder(resources), self.log)
+            result = run_notebook(nb, settings, self.limits(), files=files, course_root=os.getcwd(),
                                   hidden=hidden, sandboxed=not reason)
         student = resources.get("nbgrader", {}).get("student", "?")
         self.log.info("%s ran in %.1f s%s", student, result.seconds, " (sandboxed)" if not reason else "")
@@ -155,19 +156,38 @@ class SandboxedExecute(Execute):
                     if cell.source.strip() and result.stopped else []
         return nb, resources
 
-    def _files(self, folder: str) -> dict[str, bytes]:
-        """Regular files handed in beside the notebooks (never a notebook: the one
-        being graded holds the hidden tests by now)."""
-        files, total = {}, 0
-        for path in sorted(Path(folder).rglob("*")):
-            if path.is_symlink() or not path.is_file() or path.suffix == ".ipynb":
-                continue
-            total += path.stat().st_size
-            if total > MAX_FILES_MB << 20:
-                self.log.warning("files beside the notebook pass %d MB; %s and later ones stay out", MAX_FILES_MB, path)
-                break
-            files[path.relative_to(folder).as_posix()] = path.read_bytes()
-        return files
+    def _submitted_folder(self, resources) -> str | None:
+        """submitted/<student>/<assignment>/, from the converter running this step."""
+        coursedir = getattr(getattr(self.parent, "parent", None), "coursedir", None)
+        info = resources.get("nbgrader", {})
+        if coursedir is None or "student" not in info:
+            return None
+        return coursedir.format_path(coursedir.submitted_directory, info["student"], info["assignment"])
+
+
+def handed_in_files(folder: str, submitted: str | None, log=None) -> dict[str, bytes]:
+    """The regular files beside the notebook in ``folder`` (the autograded copy), for the
+    working folder in the sandbox. Never a notebook (the one being graded holds the
+    hidden tests by now), nor a file that was a symbolic link in ``submitted`` (nbgrader
+    copies the file it points to, which could be any file of yours), nor more than
+    ``MAX_FILES_MB`` in all."""
+    files, total = {}, 0
+    for path in sorted(Path(folder).rglob("*")):
+        if path.is_symlink() or not path.is_file() or path.suffix == ".ipynb":
+            continue
+        rel = path.relative_to(folder)
+        handed_in = [Path(submitted, *rel.parts[:k]) for k in range(1, len(rel.parts) + 1)] if submitted else []
+        if any(p.is_symlink() for p in handed_in):
+            if log:
+                log.warning("%s was a symbolic link in %s: left out of the sandbox", rel, submitted)
+            continue
+        total += path.stat().st_size
+        if total > MAX_FILES_MB << 20:
+            if log:
+                log.warning("files beside the notebook pass %d MB; %s and later ones stay out", MAX_FILES_MB, rel)
+            break
+        files[rel.as_posix()] = path.read_bytes()
+    return files
 
 
 def sandbox_error(message: str) -> dict:
@@ -291,12 +311,18 @@ def _grade_one(student: str) -> tuple[bool, float]:
     return ok, time.monotonic() - start
 
 
-def find_students(assignment: str, only: list[str] | None) -> tuple[list[str], list[str]]:
-    """Students with a submitted/<student>/<assignment>/ folder; and ids refused."""
+def find_students(assignment: str, only: list[str] | None) -> tuple[list[str], dict[str, str]]:
+    """Students with a submitted/<student>/<assignment>/ folder; and those refused, with why."""
     found = sorted(p.parent.name for p in Path("submitted").glob(f"*/{glob.escape(assignment)}") if p.is_dir())
     if only:
         found = [s for s in found if s in only]
-    bad = [s for s in found if glob.escape(s) != s or s.startswith(".")]
+    bad = {}
+    for s in found:
+        folder = Path("submitted", s, assignment)
+        if glob.escape(s) != s or s.startswith("."):
+            bad[s] = "the student id has characters nbgrader would read as a pattern"
+        elif any(p.is_symlink() for p in [folder.parent, folder, *folder.rglob("*")]):
+            bad[s] = f"{folder} holds a symbolic link (nbgrader would copy the file it points to)"
     return [s for s in found if s not in bad], bad
 
 
@@ -341,8 +367,8 @@ def main(argv=None) -> int:
     course = os.path.abspath(args.course)
     os.chdir(course)
     students, bad = find_students(args.assignment, args.student)
-    for s in bad:
-        print(f"ERROR: not graded: the student id {s!r} has characters nbgrader would read as a pattern")
+    for s, why in bad.items():
+        print(f"ERROR: {s} not graded: {why}")
     if not students:
         print(f"no submissions found in {course}/submitted/*/{args.assignment}/", file=sys.stderr)
         return 2
@@ -379,7 +405,7 @@ def main(argv=None) -> int:
     report(args.assignment, status, _db_url(course))
     print(f"graded {len(students)} submissions in {elapsed:.1f} s with {jobs} worker(s): "
           f"{elapsed / len(students):.2f} s per submission")
-    failed = sorted(s for s, v in status.items() if v != "graded") + bad
+    failed = sorted(s for s, v in status.items() if v != "graded") + sorted(bad)
     if failed:
         print(f"ERROR: {len(failed)} submission(s) could not be graded: {', '.join(failed)} "
               f"(see the log above; nothing was recorded for them)")

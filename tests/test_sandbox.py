@@ -15,7 +15,8 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook, new_output
 
-from course_lib.autograde import GradebookLock, HideHiddenTests, gradebook_folder
+from course_lib.autograde import (GradebookLock, HideHiddenTests, find_students, gradebook_folder,
+                                  handed_in_files)
 from course_lib.sandbox import Limits, _mount_args, check_sandbox, clean_output, run_notebook
 
 SETTINGS = {"timeout": 20, "interrupt_on_timeout": True, "iopub_timeout": 4, "startup_timeout": 60,
@@ -155,6 +156,38 @@ def test_the_cpu_limit_kills_a_busy_kernel_and_grading_goes_on():
     assert result.stopped is None, result.log[-2000:]
     assert "the kernel died" in str(result.cells[1]["outputs"])  # SIGXCPU, well before the 20 s cell timeout
     assert printed(result, 2) == "42\n"
+
+
+def test_files_handed_in_go_in_but_not_links_nor_notebooks(tmp_path):
+    submitted, graded = tmp_path / "submitted", tmp_path / "autograded"
+    secret = tmp_path / "secret.txt"
+    secret.write_text("the instructor's")
+    for folder in (submitted, graded):
+        (folder / "data").mkdir(parents=True)
+        (folder / "ch01.ipynb").write_text("{}")
+        (folder / "data" / "train.txt").write_text("to be")
+    (submitted / "notes.txt").symlink_to(secret)  # nbgrader copies what a link points to...
+    (graded / "notes.txt").write_text(secret.read_text())
+    (submitted / "linked").symlink_to(tmp_path)
+    (graded / "linked").mkdir()
+    (graded / "linked" / "secret.txt").write_text(secret.read_text())
+    (graded / "from_the_instructor.csv").write_text("a,b")  # copied from solutions/, not handed in
+    files = handed_in_files(str(graded), str(submitted))
+    assert files == {"data/train.txt": b"to be", "from_the_instructor.csv": b"a,b"}
+
+
+def test_submissions_with_links_or_pattern_ids_are_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for student in ("alice", "bob", "eve", "mallory", "a[1]"):
+        Path("submitted", student, "ch01").mkdir(parents=True)
+        Path("submitted", student, "ch01", "ch01.ipynb").write_text("{}")
+    Path("submitted/eve/ch01/ch01.ipynb").unlink()
+    Path("submitted/eve/ch01/ch01.ipynb").symlink_to(tmp_path / "solutions.ipynb")
+    Path("submitted/mallory/ch01/data").symlink_to(Path.home())
+    students, refused = find_students("ch01", None)
+    assert students == ["alice", "bob"]
+    assert sorted(refused) == ["a[1]", "eve", "mallory"] and "symbolic link" in refused["eve"]
+    assert find_students("ch01", ["bob", "eve"]) == (["bob"], {"eve": refused["eve"]})
 
 
 # --------------------------------------------------------------------------- gradebook lock
