@@ -12,8 +12,8 @@ every ``submitted/<student>/ch01/`` of the course folder:
   course folder, limits). Where the sandbox cannot run it refuses, unless the
   instructor allows it (``--unsandboxed``, ``SandboxedExecute.allow_unsandboxed``).
 - Submissions are graded by ``--jobs`` worker processes (the machine's cores by
-  default). SQLite takes one writer at a time, so each worker holds a file lock next to
-  the gradebook while nbgrader reads or writes it and lets it go while the notebook
+  default). SQLite takes one writer at a time, so each worker holds a lock on the
+  gradebook's folder while nbgrader reads or writes it and lets it go while the notebook
   runs: gradebook work is serial, execution is parallel, and each submission is handed
   to exactly one worker.
 - ``HideHiddenTests`` is a feedback step (``nbgrader generate_feedback``): it takes the
@@ -152,8 +152,9 @@ class SandboxedExecute(Execute):
                 cell.execution_count = result.cells[index]["execution_count"]
             else:
                 cell.execution_count = None
-                cell.outputs = [nbformat.from_dict(sandbox_error(f"this cell did not run: {result.stopped}"))] \
-                    if cell.source.strip() and result.stopped else []
+                why = result.stopped or "no result came back for it"
+                cell.outputs = [nbformat.from_dict(sandbox_error(f"this cell did not run: {why}"))] \
+                    if cell.source.strip() else []
         return nb, resources
 
     def _submitted_folder(self, resources) -> str | None:
