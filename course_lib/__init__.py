@@ -29,6 +29,9 @@ One module per concept, in the order of the chapters:
   ``python -m course_lib.bert pretrain`` and the saved checkpoint (chapter 8).
 - ``course_lib.ladder``: the course ladder, bits per character on the test plays.
 - ``course_lib.grading``: checks used by the exercises' autograded tests.
+- ``course_lib.autograde``, ``course_lib.sandbox`` and ``course_lib.sandbox_runner``:
+  grading a class with every submission run in a bubblewrap sandbox, several at a time
+  (``python -m course_lib.autograde chNN``, ``make autograde``).
 
 Submodules are imported on demand, so ``import course_lib`` has no side effects.
 """
