@@ -27,7 +27,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 # Set to True in the commit that adds course_lib/pretrained/bert_mini. Until then the tests of
 # the checkpoint itself skip where the folder does not exist; from then on a missing or broken
 # checkpoint fails them.
-SHIPPED_COMMITTED = False
+SHIPPED_COMMITTED = True
 
 WEIGHTS = "model.safetensors"
 MAX_MB = 16  # "a few MB": the defaults give about 4.2 MiB of float32 weights
