@@ -149,7 +149,7 @@ def _mount_args(hidden: list[Path], needed: list[Path], limits: Limits) -> list[
     hidden = set(hidden) | {tmp}
     needed = {p for p in needed if p not in hidden and any(_under(p, h) for h in hidden)}
     entries = sorted(hidden | needed, key=lambda p: (len(p.parts), str(p)))
-    args, empty = [], []
+    args, empty, mounted = [], [], []
     for p in entries:
         enclosing = [q for q in entries if q != p and _under(p, q)]
         nearest = max(enclosing, key=lambda q: len(q.parts), default=None)
@@ -162,10 +162,15 @@ def _mount_args(hidden: list[Path], needed: list[Path], limits: Limits) -> list[
                 args += ["--tmpfs", str(p)]
                 empty.append(p)
         else:
-            if nearest in hidden:  # the folders down to it, readable (bwrap would make them 0700)
-                for depth in range(len(nearest.parts) + 1, len(p.parts)):
+            # the mount it lands in: if that is an empty folder, the folders down to it are
+            # made readable (bwrap would make them 0700, closed to the sandbox's user); a
+            # hidden folder skipped inside another (the course inside /tmp) counts as empty
+            base = max((q for q in mounted if _under(p, q)), key=lambda q: len(q.parts), default=None)
+            if base is not None and base in hidden:
+                for depth in range(len(base.parts) + 1, len(p.parts)):
                     args += ["--perms", "0755", "--dir", str(Path(*p.parts[:depth]))]
             args += ["--ro-bind", str(p), str(p)]
+        mounted.append(p)
     for p in empty:  # the empty folders read-only too, once what goes inside them is there
         args += ["--remount-ro", str(p)]
     return args

@@ -57,6 +57,16 @@ def test_a_hidden_folder_inside_a_needed_one_is_hidden_again():
     assert args.index("--tmpfs /opt ") < args.index("--ro-bind /opt/py /opt/py") < args.index("--tmpfs /opt/py/course")
 
 
+def test_a_course_cloned_under_tmp_keeps_its_venv_reachable():
+    # a clone in /tmp/ci: the course is hidden inside the private /tmp, its .venv comes back,
+    # and the folder between them must exist and be readable by the sandbox's user
+    args = " ".join(_mount_args([Path("/tmp/ci")], [Path("/tmp/ci/.venv"), Path("/tmp/ci/course_lib")], Limits()))
+    assert "--tmpfs /tmp/ci " not in args  # already empty inside the private /tmp
+    assert args.index("--tmpfs /tmp") < args.index("--perms 0755 --dir /tmp/ci ") < args.index(
+        "--ro-bind /tmp/ci/.venv /tmp/ci/.venv")
+    assert "--ro-bind /tmp/ci/course_lib /tmp/ci/course_lib" in args
+
+
 def test_a_needed_folder_never_unhides_a_hidden_one_of_the_same_name():
     args = _mount_args([Path("/srv/course")], [Path("/srv/course")], Limits())
     assert "--ro-bind" not in args and "--tmpfs" in args
