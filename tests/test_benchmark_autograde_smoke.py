@@ -4,7 +4,6 @@ prints seconds per submission and finds every grade in the gradebook as expected
 A smoke test only: timings vary from machine to machine and are never asserted.
 """
 
-import importlib.util
 import os
 import re
 import subprocess
@@ -13,12 +12,14 @@ from pathlib import Path
 
 import pytest
 
+import benchmark_scripts
+
 from course_lib.sandbox import check_sandbox
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "benchmarks" / "bench_autograde.py"
+SCRIPT = benchmark_scripts.script("bench_autograde")
 
 
 @pytest.fixture(scope="module")
@@ -44,15 +45,8 @@ def test_quick_run_prints_seconds_per_submission(quick_run):
     assert row and float(row[1]) > 0, quick_run.stdout
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("bench_autograde", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # defines functions only; main() runs under __main__
-    return module
-
-
 def test_the_check_can_fail():
-    bench = load_script()
+    bench = benchmark_scripts.load("bench_autograde")
     expected = {"a": {"t1": 1.0, "t2": 0.0}, "b": {"t1": 1.0, "t2": 2.0}}
     assert bench.compare([("a", {"t1": 1.0, "t2": 0.0}), ("b", {"t1": 1.0, "t2": 2.0})], expected) == []
     lost = bench.compare([("a", {"t1": 1.0, "t2": 0.0})], expected)
@@ -64,7 +58,7 @@ def test_the_check_can_fail():
 
 
 def test_quick_sets_the_smoke_size_and_flags_are_checked():
-    bench = load_script()
+    bench = benchmark_scripts.load("bench_autograde")
     args = bench.parse_args(["--quick"])
     assert (args.submissions, args.jobs) == (2, 2)
     with pytest.raises(SystemExit):

@@ -3,7 +3,6 @@
 A smoke test only: timings vary from machine to machine and are never asserted.
 """
 
-import importlib.util
 import os
 import re
 import subprocess
@@ -12,10 +11,12 @@ from pathlib import Path
 
 import pytest
 
+import benchmark_scripts
+
 pytest.importorskip("transformers")
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "benchmarks" / "bench_gpt.py"
+SCRIPT = benchmark_scripts.script("bench_gpt")
 
 
 @pytest.fixture(scope="module")
@@ -49,21 +50,14 @@ def test_quick_run_states_its_setting(quick_run):
     assert "TFLOP/s" not in out and "MFU" not in out, "FLOP figures are for --device cuda only"
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("bench_gpt", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # defines functions only; main() runs under __main__
-    return module
-
-
 def test_flops_per_token_by_hand():
-    bench = load_script()
+    bench = benchmark_scripts.load("bench_gpt")
     config = bench.GPTConfig(vocab_size=10, block_size=8, n_layer=1, n_head=1, n_embd=4)
     assert bench.flops_per_token(config, 100) == 6 * 100 + 12 * 1 * 4 * 8 == 984
 
 
 def test_quick_sets_the_smoke_shape_and_flags_are_checked():
-    bench = load_script()
+    bench = benchmark_scripts.load("bench_gpt")
     args = bench.parse_args(["--quick"])
     assert (args.preset, args.threads, args.warmup, args.rounds, args.steps) == ("tiny", 1, 1, 2, 2)
     with pytest.raises(SystemExit):

@@ -3,7 +3,6 @@
 A smoke test only: timings vary from machine to machine and are never asserted.
 """
 
-import importlib.util
 import math
 import re
 import subprocess
@@ -12,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
+import benchmark_scripts
+
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "benchmarks" / "bench_ngram.py"
+SCRIPT = benchmark_scripts.script("bench_ngram")
 
 
 @pytest.fixture(scope="module")
@@ -50,15 +51,8 @@ def test_quick_run_checks_three_perplexities(quick_run):
     assert "all perplexities agree" in quick_run.stdout
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("bench_ngram", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # defines functions only; main() runs under __main__
-    return module
-
-
 def test_perplexity_check_fails_on_a_real_difference(capsys):
-    bench = load_script()
+    bench = benchmark_scripts.load("bench_ngram")
     assert bench.check_same("equal", 12.5, 12.5) == 0.0
     assert bench.check_same("rounding", 12.5, 12.5 * (1 + 1e-12)) < 1e-9
     with pytest.raises(AssertionError, match="relative difference"):
