@@ -55,7 +55,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .neural_lm import _check_idx
+from .gpt import hf_source
+from .neural_lm import _check_idx, _check_targets
 from .train import _check_positive_int
 
 __all__ = ["BertConfig", "BertEmbeddings", "BertSelfAttention", "BertLayer", "BertModel", "MLMHead",
@@ -314,7 +315,7 @@ class BertModel(nn.Module):
         there if the source has one."""
         if isinstance(source, nn.Module) and isinstance(getattr(source, "bert", None), nn.Module):
             source = source.bert
-        state, config, training = _hf_source(source, config, "BertModel")
+        state, config, training = hf_source(source, config, BertConfig, "bert", "BertModel")
         state = _rename_hf(state, prefix="")
         return _load(cls(config, pooler="pooler.weight" in state), state, training)
 
@@ -462,14 +463,7 @@ def mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         got = f"{tuple(logits.shape)} {logits.dtype}" if isinstance(logits, torch.Tensor) else type(logits).__name__
         raise ValueError(f"expected logits as a float tensor of shape (B, T, V), got {got}")
     B, T, V = logits.shape
-    if not isinstance(labels, torch.Tensor) or labels.shape != (B, T):
-        shape = tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__
-        raise ValueError(f"expected labels of shape (B, T) = {(B, T)}, got {shape}")
-    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
-        raise TypeError(f"expected labels to hold integer token ids, got dtype {labels.dtype}")
-    if labels.numel() and (labels.min() < -1 or labels.max() >= V):
-        raise ValueError(f"labels hold ids from {labels.min().item()} to {labels.max().item()}; expected 0..{V - 1} "
-                         "at the chosen positions and -1 elsewhere (transformers' -100 is -1 here)")
+    _check_targets(labels, (B, T), V, name="labels", hint=" (transformers' -100 is -1 here)")
     chosen = labels != -1  # (B, T)
     if not chosen.any():
         return logits.sum() * 0.0  # nothing to predict: 0, with a graph
@@ -542,7 +536,7 @@ class BertForMaskedLM(nn.Module):
         """A BertForMaskedLM with the weights of a ``transformers.BertForMaskedLM`` (copied;
         dtype and device kept), or its state dict with ``config``. The decoder must be tied
         to the word embeddings (transformers' default)."""
-        state, config, training = _hf_source(source, config, "BertForMaskedLM")
+        state, config, training = hf_source(source, config, BertConfig, "bert", "BertForMaskedLM")
         state = _rename_hf(state, prefix="bert.")
         decoder = state.pop("head.decoder.weight", None)
         tok = state.get("bert.embeddings.tok.weight")
@@ -624,7 +618,7 @@ class BertForSequenceClassification(nn.Module):
             if getattr(hf, "problem_type", None) not in (None, "single_label_classification"):
                 raise ValueError(f"problem_type={hf.problem_type!r}: only single-label classification is computed")
             dropout = getattr(hf, "classifier_dropout", None)
-        state, config, training = _hf_source(source, config, "BertForSequenceClassification")
+        state, config, training = hf_source(source, config, BertConfig, "bert", "BertForSequenceClassification")
         state = _rename_hf(state, prefix="bert.")
         if "classifier.weight" not in state:
             raise ValueError("the state_dict has no classifier.weight: not a BertForSequenceClassification")
@@ -654,24 +648,6 @@ _HF_RENAMES = [
     (r"cls\.predictions\.bias$", "head.bias"),
 ]
 _HF_SKIP = re.compile(r"(position_ids|token_type_ids)$")  # buffers, not weights (older versions save them)
-
-
-def _hf_source(source, config, expected: str):
-    """``(state_dict, BertConfig, training)`` from a transformers model or a state dict with ``config``."""
-    if isinstance(source, nn.Module):
-        hf_config = getattr(source, "config", None)
-        if getattr(hf_config, "model_type", None) != "bert":
-            raise TypeError(f"expected a transformers {expected} (or its state_dict with config=), "
-                            f"got {type(source).__name__}")
-        from_model = BertConfig.from_hf(hf_config)
-        if config is not None and config != from_model:
-            raise ValueError(f"config={config} differs from the model's own {from_model}; leave config out")
-        return dict(source.state_dict()), from_model, source.training
-    if isinstance(source, dict):
-        if config is None:
-            raise ValueError("a state_dict does not say how many heads the model has: pass config=BertConfig(...)")
-        return dict(source), _check_config(config), True
-    raise TypeError(f"expected a transformers {expected} or its state_dict, got {type(source).__name__}")
 
 
 def _rename_hf(state: dict, prefix: str) -> dict:

@@ -125,6 +125,32 @@ def _check_config(config) -> GPTConfig:
     return config
 
 
+def hf_source(source, config, config_class, model_type: str, expected: str):
+    """``(state_dict, config, training)`` from a transformers model or from its state dict with ``config``.
+
+    A model's own config is translated by ``config_class.from_hf`` (a ``config=`` given too must
+    equal it); a state dict carries no config, so ``config`` is required. ``model_type`` is
+    transformers' name ("gpt2", "bert"); ``expected`` names the class in error messages.
+    """
+    if isinstance(source, nn.Module):
+        hf_config = getattr(source, "config", None)
+        if getattr(hf_config, "model_type", None) != model_type:
+            raise TypeError(f"expected a transformers {expected} (or its state_dict with config=), "
+                            f"got {type(source).__name__}")
+        from_model = config_class.from_hf(hf_config)
+        if config is not None and config != from_model:
+            raise ValueError(f"config={config} differs from the model's own {from_model}; leave config out")
+        return dict(source.state_dict()), from_model, source.training
+    if isinstance(source, dict):
+        if config is None:
+            raise ValueError(f"a state_dict does not say how many heads the model has: "
+                             f"pass config={config_class.__name__}(...)")
+        if not isinstance(config, config_class):
+            raise TypeError(f"expected a {config_class.__name__}, got {type(config).__name__}")
+        return dict(source), config, True
+    raise TypeError(f"expected a transformers {expected} or its state_dict, got {type(source).__name__}")
+
+
 # ---------------------------------------------------------------------------- the block
 class LayerNorm(nn.Module):
     """Chapter 6's LayerNorm, (x - mean) / sqrt(var + eps) * weight + bias, computed by one
@@ -367,23 +393,7 @@ class GPT(nn.Module):
 
             GPT.from_hf(GPT2LMHeadModel(GPT2Config(...)))   # or GPT.from_hf(state_dict, config=...)
         """
-        if isinstance(source, nn.Module):
-            hf_config = getattr(source, "config", None)
-            if getattr(hf_config, "model_type", None) != "gpt2":
-                raise TypeError(f"expected a transformers GPT2LMHeadModel (or its state_dict with config=), "
-                                f"got {type(source).__name__}")
-            from_model = GPTConfig.from_hf(hf_config)
-            if config is not None and config != from_model:
-                raise ValueError(f"config={config} differs from the model's own {from_model}; leave config out")
-            config, state = from_model, source.state_dict()
-            training = source.training
-        elif isinstance(source, dict):
-            if config is None:
-                raise ValueError("a state_dict does not say how many heads the model has: pass config=GPTConfig(...)")
-            state, training = source, True
-        else:
-            raise TypeError(f"expected a transformers GPT2LMHeadModel or its state_dict, got {type(source).__name__}")
-        _check_config(config)
+        state, config, training = hf_source(source, config, GPTConfig, "gpt2", "GPT2LMHeadModel")
         if state and not any(key.startswith("transformer.") for key in state):  # a GPT2Model: no prefix
             state = {f"transformer.{key}": value for key, value in state.items()}
         state = {key: value for key, value in state.items()

@@ -53,18 +53,23 @@ def _check_idx(idx, vocab_size: int, name: str = "idx") -> None:
                          f"the vocabulary has ids 0..{vocab_size - 1}")
 
 
+def _check_targets(targets, shape: tuple, vocab_size: int, name: str = "targets", hint: str = "") -> None:
+    """An error unless ``targets`` is an integer tensor of ``shape`` holding ids in 0..V-1 or -1 (skip)."""
+    if not isinstance(targets, torch.Tensor) or tuple(targets.shape) != shape:
+        got = tuple(targets.shape) if isinstance(targets, torch.Tensor) else type(targets).__name__
+        raise ValueError(f"expected {name} of shape (B, T) = {shape}, got {got}")
+    if targets.dtype.is_floating_point or targets.dtype.is_complex or targets.dtype == torch.bool:
+        raise TypeError(f"expected {name} to hold integer token ids, got dtype {targets.dtype}")
+    if targets.numel() and (targets.min() < -1 or targets.max() >= vocab_size):
+        raise ValueError(f"{name} hold ids from {targets.min().item()} to {targets.max().item()}; expected "
+                         f"0..{vocab_size - 1}, or -1 for a position to ignore{hint}")
+
+
 def _loss(logits: torch.Tensor, targets, vocab_size: int) -> torch.Tensor | None:
     """Mean cross-entropy of (B, T, V) logits against (B, T) targets; -1 marks a target to skip."""
     if targets is None:
         return None
-    if not isinstance(targets, torch.Tensor) or targets.shape != logits.shape[:2]:
-        shape = tuple(targets.shape) if isinstance(targets, torch.Tensor) else type(targets).__name__
-        raise ValueError(f"expected targets of shape (B, T) = {tuple(logits.shape[:2])} like idx, got {shape}")
-    if targets.dtype.is_floating_point or targets.dtype.is_complex or targets.dtype == torch.bool:
-        raise TypeError(f"expected targets to hold integer token ids, got dtype {targets.dtype}")
-    if targets.numel() and (targets.min() < -1 or targets.max() >= vocab_size):
-        raise ValueError(f"targets hold ids from {targets.min().item()} to {targets.max().item()}; expected "
-                         f"0..{vocab_size - 1}, or -1 for a position to ignore")
+    _check_targets(targets, tuple(logits.shape[:2]), vocab_size)
     B, T, V = logits.shape
     return F.cross_entropy(logits.view(B * T, V), targets.reshape(B * T).long(), ignore_index=-1)  # (B*T, V)
 
