@@ -28,6 +28,12 @@ The command line pre-trains and saves the course's small checkpoint::
 
     python -m course_lib.bert pretrain --out runs/bert                  # the defaults below
     python -m course_lib.bert pretrain --out runs/quick --fast          # a check in seconds
+    python -m course_lib.bert pretrain --out runs/bert --resume         # after an interruption
+
+While it trains, the folder holds ``tokenizer.json``, ``pretrain_run.json`` (the settings)
+and ``checkpoint.pt`` (``train.save_checkpoint``, every ``--checkpoint-every`` steps):
+``--resume`` goes on from there with the saved settings and ends as the uninterrupted run
+would have. The checkpoint is removed once the model is saved.
 
 **The shipped checkpoint.** The course ships one such folder inside the package,
 ``SHIPPED_DIR`` (``course_lib/pretrained/bert_mini``, package data, so ``pip install``
@@ -39,8 +45,7 @@ environment variable ``COURSE_BERT_DIR``, to try another checkpoint), and
 ``pretrained_record`` returns what its run recorded (steps, losses, time, device), so that
 a chapter reports the checkpoint's own figures.
 
-Scope: one process, no resumption of an interrupted run (the folder is written at the
-end), no next-sentence task; windows cross the boundaries between plays as chapter 3's do.
+Scope: one process, no next-sentence task; windows cross the boundaries between plays as chapter 3's do.
 """
 
 from __future__ import annotations
@@ -64,8 +69,8 @@ from .data import load_split
 from .genre import dialogue, scores
 from .runtime import describe_device, pick_device, seed_everything
 from .tokenizers import BPETokenizer
-from .train import (History, _check_positive_int, _check_settings, _check_tokens, _eval_mode, _fit, _model_device,
-                    configure_optimizer, get_batch, resolve_precision, warmup_cosine)
+from .train import (CHECKPOINT_NAME, History, _check_positive_int, _check_settings, _check_tokens, _Checkpoint,
+                    _eval_mode, _fit, _model_device, configure_optimizer, get_batch, resolve_precision, warmup_cosine)
 
 __all__ = ["SPECIAL_TOKENS", "Specials", "train_tokenizer", "corpus_text", "mlm_batch", "evaluate_mlm",
            "MLMHistory", "pretrain_mlm", "encode_texts", "ClassifierHistory", "finetune_classifier",
@@ -178,7 +183,8 @@ def pretrain_mlm(model: BertForMaskedLM, train_ids, valid_ids=None, *, specials:
                  warmup_steps: int | None = None, weight_decay: float = 0.01, grad_clip: float | None = 1.0,
                  mask_prob: float = 0.15, eval_every: int = 200, eval_batches: int = 10, device=None,
                  seed: int = 1337, max_seconds: float | None = None, progress: bool = True,
-                 precision: str = "fp32") -> MLMHistory:
+                 precision: str = "fp32", checkpoint_dir=None, checkpoint_every: int | None = None,
+                 resume: bool = True) -> MLMHistory:
     """Pre-train ``model`` by masked language modelling on the 1-D token sequence ``train_ids``.
 
     Each step: ``mlm_batch`` (windows of ``block_size`` tokens, the model's by default), the
@@ -189,12 +195,19 @@ def pretrain_mlm(model: BertForMaskedLM, train_ids, valid_ids=None, *, specials:
     validation windows (train_loss, valid_loss, valid_accuracy). ``max_seconds`` stops
     early (the schedule still runs to ``steps``). Seeded: the same seed and settings give
     the same run on the CPU.
+
+    ``checkpoint_dir``, ``checkpoint_every`` and ``resume`` work as in ``train``: a run
+    interrupted and started again with the same settings goes on from its last checkpoint
+    and gives the losses of one that was not interrupted (the windows and the masks come
+    from one generator, whose state is saved). batch_size, block_size, mask_prob and
+    seed must match the saved run's.
     """
     if not isinstance(model, BertForMaskedLM):
         raise TypeError(f"expected a BertForMaskedLM, got {type(model).__name__}")
     block_size = model.config.block_size if block_size is None else block_size
     _check_settings([("steps", steps), ("batch_size", batch_size), ("block_size", block_size),
-                     ("eval_every", eval_every), ("eval_batches", eval_batches)],
+                     ("eval_every", eval_every), ("eval_batches", eval_batches)]
+                    + ([] if checkpoint_every is None else [("checkpoint_every", checkpoint_every)]),
                     [("lr", lr), ("grad_clip", grad_clip), ("max_seconds", max_seconds)], weight_decay)
     if block_size > model.config.block_size or block_size < 3:
         raise ValueError(f"block_size must lie in 3..{model.config.block_size} (the model's), got {block_size}")
@@ -210,6 +223,10 @@ def pretrain_mlm(model: BertForMaskedLM, train_ids, valid_ids=None, *, specials:
     schedule = functools.partial(warmup_cosine, warmup_steps=warmup_steps, total_steps=steps, min_lr=min_lr / lr)
     batches = torch.Generator().manual_seed(seed)
     history = MLMHistory()
+    checkpoint = None
+    if checkpoint_dir is not None:
+        run = dict(batch_size=batch_size, block_size=block_size, mask_prob=mask_prob, seed=seed, precision=precision)
+        checkpoint = _Checkpoint(os.path.join(checkpoint_dir, CHECKPOINT_NAME), checkpoint_every, resume, batches, run)
 
     def next_batch():
         return mlm_batch(train_ids, block_size, batch_size, specials, vocab_size, batches, device, mask_prob)
@@ -231,7 +248,8 @@ def pretrain_mlm(model: BertForMaskedLM, train_ids, valid_ids=None, *, specials:
                 forward=forward, lr=lr, weight_decay=weight_decay, optimizer=optimizer, lr_schedule=schedule,
                 grad_clip=grad_clip, clip=torch.nn.utils.clip_grad_norm_, eval_every=eval_every,
                 eval_batches=eval_batches, device=device, seed=seed, max_seconds=max_seconds, progress=progress,
-                desc="pre-training BERT", measure=measure, history=history, precision=precision)
+                desc="pre-training BERT", measure=measure, history=history, precision=precision,
+                checkpoint=checkpoint)
 
 
 # ---------------------------------------------------------------------------- fine-tuning
@@ -489,7 +507,8 @@ def load_shipped(device="cpu"):
 # ---------------------------------------------------------------------------- command line
 DEFAULTS = dict(vocab_size=2048, block_size=128, n_layer=4, n_head=4, n_embd=128, dropout=0.1, batch_size=32,
                 max_steps=2000, lr=1e-3, min_lr=1e-4, warmup=None, weight_decay=0.01, grad_clip=1.0,
-                eval_every=250, eval_batches=10, seed=1337, max_chars=None)
+                eval_every=250, eval_batches=10, seed=1337, max_chars=None, checkpoint_every=250)
+RUN_NAME = "pretrain_run.json"  # the settings of an unfinished run, next to its checkpoint.pt
 FAST_CHARS = 5_000  # --fast: the first characters of each play
 # the shipped checkpoint's model (tests/test_bert_shipped.py checks it): DEFAULTS' architecture
 SHIPPED_ARCHITECTURE = {k: DEFAULTS[k] for k in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd")}
@@ -501,7 +520,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("pretrain", help="pre-train a BERT by masked language modelling and save it into a folder")
     p.add_argument("--out", required=True, help="folder for config.json, tokenizer.json and the weights")
-    p.add_argument("--force", action="store_true", help="overwrite a folder that already holds a model")
+    p.add_argument("--force", action="store_true", help="overwrite a folder that already holds a model "
+                   "(or start an unfinished run again)")
+    p.add_argument("--resume", action="store_true", help=f"go on from the {CHECKPOINT_NAME} of an unfinished run "
+                   "in --out, with its settings")
+    p.add_argument("--checkpoint-every", type=int, help=f"steps between checkpoints in --out, removed once the "
+                   f"model is saved (default {DEFAULTS['checkpoint_every']})")
     p.add_argument("--vocab-size", type=int, help=f"BPE vocabulary, 4 special tokens included "
                    f"(default {DEFAULTS['vocab_size']})")
     p.add_argument("--block-size", type=int, help=f"tokens per window, [CLS] and [SEP] included "
@@ -530,17 +554,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv=None) -> None:
-    """Run the command line on ``argv`` (default ``sys.argv[1:]``); errors exit with a message."""
-    args = build_parser().parse_args(argv)
-    cfg = {**DEFAULTS, **{k: v for k, v in vars(args).items() if k in DEFAULTS and v is not None}}
+def _settings(args, out: Path) -> dict:
+    """The run's settings: the defaults and the flags given; resuming, the unfinished run's (which
+    the flags given must agree with)."""
+    given = {k: v for k, v in vars(args).items() if k in DEFAULTS and v is not None}
     if args.fast:
         for key, value in [("max_chars", FAST_CHARS), ("max_steps", 20), ("vocab_size", 300), ("eval_every", 10),
                            ("eval_batches", 2)]:
-            if getattr(args, key) is None:
-                cfg[key] = value
+            given.setdefault(key, value)
+    unfinished = (out / CHECKPOINT_NAME).exists()
+    if not args.resume:
+        if unfinished and not args.force:
+            raise SystemExit(f"error: {out} holds an unfinished run ({CHECKPOINT_NAME}): pass --resume to go on "
+                             "from it, --force to start again, or choose another --out")
+        return {**DEFAULTS, **given}
+    if not unfinished or not (out / RUN_NAME).exists() or not (out / TOKENIZER_NAME).exists():
+        raise SystemExit(f"error: --resume: {out} holds no unfinished run ({CHECKPOINT_NAME}, {RUN_NAME} and "
+                         f"{TOKENIZER_NAME}); a finished run removes its checkpoint")
+    saved = json.loads((out / RUN_NAME).read_text(encoding="utf-8"))
+    differ = {k: (saved.get(k), v) for k, v in given.items() if v != saved.get(k)}
+    if differ:
+        raise SystemExit(f"error: --resume: the run in {out} has other settings; saved vs given: "
+                         + ", ".join(f"--{k.replace('_', '-')} {a!r} vs {b!r}" for k, (a, b) in differ.items())
+                         + " (leave these flags out)")
+    return saved
+
+
+def main(argv=None) -> None:
+    """Run the command line on ``argv`` (default ``sys.argv[1:]``); errors exit with a message."""
+    args = build_parser().parse_args(argv)
     out = Path(args.out)
-    if any((out / name).exists() for name in WEIGHTS_NAMES) and not args.force:
+    cfg = _settings(args, out)  # first: an unfinished run's folder holds a model too, after --max-seconds
+    if any((out / name).exists() for name in WEIGHTS_NAMES) and not (args.force or args.resume):
         raise SystemExit(f"error: {out} already holds a model: pass --force to overwrite it, or choose another --out")
     try:
         steps = cfg["max_steps"]
@@ -551,7 +596,13 @@ def main(argv=None) -> None:
         warmup_cosine(0, warmup, steps)  # checks the schedule's settings before any work
         start = time.perf_counter()
         train_text, valid_text = corpus_text("train", cfg["max_chars"]), corpus_text("valid", cfg["max_chars"])
-        tokenizer = train_tokenizer(train_text, cfg["vocab_size"])
+        if args.resume:
+            tokenizer = BPETokenizer.load(out / TOKENIZER_NAME)
+        else:
+            tokenizer = train_tokenizer(train_text, cfg["vocab_size"])
+            out.mkdir(parents=True, exist_ok=True)
+            tokenizer.save(out / TOKENIZER_NAME)
+            (out / RUN_NAME).write_text(json.dumps(cfg, indent=1), encoding="utf-8")
         train_ids, valid_ids = torch.tensor(tokenizer.encode(train_text)), torch.tensor(tokenizer.encode(valid_text))
         prepared = time.perf_counter() - start
         seed_everything(cfg["seed"])
@@ -561,7 +612,8 @@ def main(argv=None) -> None:
                                weight_decay=cfg["weight_decay"], grad_clip=cfg["grad_clip"],
                                eval_every=cfg["eval_every"], eval_batches=cfg["eval_batches"],
                                device=args.device or pick_device(), seed=cfg["seed"], max_seconds=args.max_seconds,
-                               progress=not args.quiet)
+                               progress=not args.quiet, checkpoint_dir=out, checkpoint_every=cfg["checkpoint_every"],
+                               resume=args.resume)
     except ValueError as err:
         raise SystemExit(f"error: {err}") from None
     record = {"settings": cfg, "argv": list(sys.argv[1:] if argv is None else argv),
@@ -571,6 +623,10 @@ def main(argv=None) -> None:
               "train_seconds": history.seconds, "prepare_seconds": prepared, "masked_tokens_seen": history.tokens_seen,
               "train_tokens": len(train_ids), "parameters": model.num_parameters()}
     path = save_pretrained(out, model.cpu(), tokenizer, extra=record)
+    finished = history.steps[-1] == steps
+    if finished:  # the checkpoint (with the optimizer's state) is no longer needed
+        for name in (CHECKPOINT_NAME, RUN_NAME):
+            (out / name).unlink(missing_ok=True)
     size = path.stat().st_size / 2**20
     print(f"step {history.steps[-1]}: validation MLM loss {history.valid_loss[0]:.3f} -> {history.valid_loss[-1]:.3f} "
           f"nats (masked-token accuracy {history.valid_accuracy[-1]:.3f}); {model.num_parameters() / 1e6:.2f}M "
@@ -578,6 +634,9 @@ def main(argv=None) -> None:
           f"(+{prepared:.0f} s for the tokenizer)")
     if not math.isfinite(history.valid_loss[-1]) or history.diverged:
         raise SystemExit("error: the loss diverged: try a lower --lr")
+    if not finished:
+        print(f"stopped at step {history.steps[-1]} of {steps}: `python -m course_lib.bert pretrain --out {out} "
+              f"--resume` goes on from {out / CHECKPOINT_NAME}")
 
 
 if __name__ == "__main__":

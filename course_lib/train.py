@@ -76,7 +76,7 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 import torch
@@ -386,11 +386,14 @@ def save_checkpoint(path, model, optimizer, step: int, history: History, extra: 
         raise
 
 
-def load_checkpoint(path, model, optimizer=None, scaler=None, restore_rng: bool = True) -> dict:
+def load_checkpoint(path, model, optimizer=None, scaler=None, restore_rng: bool = True,
+                    history: History | None = None) -> dict:
     """Load a ``save_checkpoint`` file into ``model`` (and ``optimizer``, ``scaler``);
     with ``restore_rng`` the random number generators continue where they were.
 
-    Returns ``{"step": int, "history": History, "extra": dict}``. The file is read with
+    Returns ``{"step": int, "history": History, "extra": dict}``. The saved history fills
+    ``history`` in place if one is given (a subclass such as chapter 8's ``MLMHistory``
+    gets its own fields back too), else a new ``History``. The file is read with
     ``torch.load(weights_only=True)``: a file holding any other object is refused rather
     than run (unpickling can execute code).
     """
@@ -408,7 +411,14 @@ def load_checkpoint(path, model, optimizer=None, scaler=None, restore_rng: bool 
         scaler.load_state_dict(state["scaler"])
     if restore_rng:
         _set_rng_states(state["rng"])
-    return {"step": state["step"], "history": History(**state["history"]), "extra": state["extra"]}
+    history = History() if history is None else history
+    unknown = sorted(set(state["history"]) - {f.name for f in fields(history)})
+    if unknown:
+        raise ValueError(f"{path} holds a history with {unknown}, which {type(history).__name__} does not have: "
+                         "it was saved by another kind of run")
+    for name, value in state["history"].items():
+        setattr(history, name, value)
+    return {"step": state["step"], "history": history, "extra": state["extra"]}
 
 
 def train(model, train_data, valid_data=None, *, steps: int, batch_size: int = 32, block_size: int | None = None,
@@ -582,13 +592,12 @@ def _fit(model, train_data, valid_data, *, steps: int, window: int, batch_size: 
     step = saved_at = 0
     resumed = checkpoint is not None and checkpoint.resume and os.path.exists(checkpoint.path)
     if resumed:
-        saved = load_checkpoint(checkpoint.path, model, optimizer, scaler)
+        saved = load_checkpoint(checkpoint.path, model, optimizer, scaler, history=history)  # fills history
         if saved["extra"].get("run") != checkpoint.run:
             raise ValueError(f"{checkpoint.path} was saved by a run with {saved['extra'].get('run')}, not "
                              f"{checkpoint.run}: pass the same settings, resume=False, or another checkpoint_dir")
         checkpoint.sampler.set_state(saved["extra"]["sampler"])
         step = saved_at = saved["step"]
-        history = saved["history"]
 
     def save() -> None:
         nonlocal saved_at

@@ -32,6 +32,7 @@ from course_lib.bert_train import (SPECIAL_TOKENS, Specials, encode_texts, evalu
 from course_lib.data import load_split  # noqa: E402
 from course_lib.genre import GENRES, NaiveBayes, cut_passages, dialogue, genre_passages, play_genre, scores  # noqa: E402
 from course_lib.tokenizers import BPETokenizer  # noqa: E402
+from course_lib.train import CHECKPOINT_NAME, History, load_checkpoint  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: torch on one thread (conftest.py)
 
@@ -600,6 +601,77 @@ def test_command_line_pretrains_and_saves(tmp_path, capsys):
         bert_train.main(argv)
     with pytest.raises(SystemExit, match="not divisible by n_head"):
         bert_train.main(["pretrain", "--out", str(tmp_path / "bad"), "--n-embd", "15", "--fast", "--quiet"])
+
+
+class Crash(Exception):
+    pass
+
+
+def same_pretraining(a, b, model_a, model_b):
+    for name in ("steps", "train_loss", "valid_loss", "valid_accuracy", "step_losses", "grad_norms", "tokens_seen"):
+        assert getattr(a, name) == getattr(b, name), name  # exactly, on the CPU
+    assert all(torch.equal(p, q) for p, q in zip(model_a.parameters(), model_b.parameters()))
+
+
+def test_interrupted_pretraining_resumes_exactly(tokenizer, tmp_path):
+    """A crash in step 6 of 8, checkpoints every 2 steps: the run started again goes on from
+    step 4 and ends as the uninterrupted one did (dropout on: every generator matters)."""
+    sp = Specials.of(tokenizer)
+    ids = torch.tensor(tokenizer.encode(load_split("train")[0].text[:6000]))
+    settings = dict(specials=sp, steps=8, batch_size=4, lr=3e-3, eval_every=3, eval_batches=2, device="cpu",
+                    progress=False)
+
+    def make(seed):
+        torch.manual_seed(seed)
+        return BertForMaskedLM(BertConfig(vocab_size=300, block_size=16, n_layer=1, n_head=2, n_embd=16))
+
+    whole = make(0)
+    expected = pretrain_mlm(whole, ids, ids, **settings)
+    crashing, calls = make(0), []
+    masked_loss = crashing.masked_loss
+
+    def crash_in_step_6(inputs, labels):
+        calls.append(crashing.training)  # the evaluations run in eval mode
+        if sum(calls) > 5:
+            raise Crash
+        return masked_loss(inputs, labels)
+
+    crashing.masked_loss = crash_in_step_6
+    with pytest.raises(Crash):
+        pretrain_mlm(crashing, ids, ids, checkpoint_dir=tmp_path, checkpoint_every=2, **settings)
+    saved = load_checkpoint(tmp_path / CHECKPOINT_NAME, make(1), restore_rng=False, history=bert_train.MLMHistory())
+    assert saved["step"] == 4 and saved["history"].valid_accuracy  # the subclass's own field comes back
+    with pytest.raises(ValueError, match=r"history with \['valid_accuracy'\]"):
+        load_checkpoint(tmp_path / CHECKPOINT_NAME, make(1), restore_rng=False, history=History())
+    resumed_model = make(7)  # other weights: the checkpoint replaces them
+    resumed = pretrain_mlm(resumed_model, ids, ids, checkpoint_dir=tmp_path, checkpoint_every=2, **settings)
+    same_pretraining(expected, resumed, whole, resumed_model)
+    with pytest.raises(ValueError, match="saved by a run with"):
+        pretrain_mlm(make(0), ids, ids, checkpoint_dir=tmp_path, **{**settings, "batch_size": 2})
+
+
+def test_command_line_resumes_an_interrupted_run(tmp_path, capsys):
+    base = ["pretrain", "--fast", "--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16",
+            "--batch-size", "4", "--max-steps", "6", "--eval-every", "2", "--eval-batches", "1",
+            "--checkpoint-every", "2", "--quiet", "--device", "cpu"]
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    bert_train.main(base + ["--out", str(whole)])
+    assert sorted(p.name for p in whole.iterdir()) == ["config.json", "model.safetensors", "tokenizer.json"]
+    bert_train.main(base + ["--out", str(cut), "--max-seconds", "1e-9"])  # stops after one step
+    assert "stopped at step 1 of 6" in capsys.readouterr().out and (cut / CHECKPOINT_NAME).exists()
+    with pytest.raises(SystemExit, match="unfinished run .*pass --resume"):
+        bert_train.main(base + ["--out", str(cut)])
+    with pytest.raises(SystemExit, match="other settings; saved vs given: --lr 0.001 vs 0.01"):
+        bert_train.main(base + ["--out", str(cut), "--resume", "--lr", "0.01"])
+    bert_train.main(base + ["--out", str(cut), "--resume"])
+    assert sorted(p.name for p in cut.iterdir()) == sorted(p.name for p in whole.iterdir())  # checkpoint removed
+    a, b = (json.loads((folder / "config.json").read_text())["extra"] for folder in (whole, cut))
+    assert a["steps"] == b["steps"] == [0, 2, 4, 6]
+    assert a["train_loss"] == b["train_loss"] and a["valid_loss"] == b["valid_loss"]
+    (m1, _), (m2, _) = load_pretrained(whole), load_pretrained(cut)
+    assert all(torch.equal(p, q) for p, q in zip(m1.parameters(), m2.parameters()))
+    with pytest.raises(SystemExit, match="no unfinished run"):
+        bert_train.main(base + ["--out", str(cut), "--resume"])
 
 
 # ---------------------------------------------------------------------------- the genre task
