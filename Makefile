@@ -31,8 +31,10 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 
 setup: $(STAMP)
 
+# A page keeps every line a progress bar writes: one a minute (tqdm's TQDM_* settings) keeps
+# a long training run's bar to a few lines there.
 book: setup
-	COURSE_FAST=0 $(BIN)/jupyter-book build . -W -n --keep-going
+	COURSE_FAST=0 TQDM_MININTERVAL=60 TQDM_MAXINTERVAL=120 $(BIN)/jupyter-book build . -W -n --keep-going
 
 # Headless Chromium for the check of the built site; skipped with a message where it
 # cannot be installed (not root, or no apt-get).
