@@ -57,8 +57,10 @@ sandbox-deps:
 	  || echo "WARNING: could not install bubblewrap; grading and its tests will refuse to run students' code"; \
 	else echo "WARNING: bubblewrap (bwrap) is missing and cannot be installed here; grading and its tests will refuse to run students' code (install the package bubblewrap)"; fi
 
+# Two processes, a test file each at a time (module fixtures such as the book build run once):
+# the grading tests wait on subprocesses much of the time, and the book build overlaps them.
 test: setup site-deps sandbox-deps
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 lab: setup
 	$(BIN)/jupyter lab
