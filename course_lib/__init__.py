@@ -25,8 +25,10 @@ One module per concept, in the order of the chapters:
   [CLS], loading transformers' BERT models (chapter 8).
 - ``course_lib.genre``: the genre task (comedy, history, tragedy) split by play, and a
   Naive Bayes classifier on chapter 1's counts (chapter 8).
-- ``course_lib.bert_train``: pre-training a mini-BERT on the plays, fine-tuning it,
-  ``python -m course_lib.bert pretrain`` and the saved checkpoint (chapter 8).
+- ``course_lib.bert_train``: pre-training a mini-BERT on the plays (and a GPT on the same
+  windows), measuring whether it reads its context, fine-tuning it (chapter 8).
+- ``course_lib.bert_cli``: saving and loading checkpoints, ``python -m course_lib.bert
+  pretrain`` and the two checkpoints the course ships (chapter 8).
 - ``course_lib.ladder``: the course ladder, bits per character on the test plays.
 - ``course_lib.grading``: checks used by the exercises' autograded tests.
 - ``course_lib.autograde``, ``course_lib.sandbox`` and ``course_lib.sandbox_runner``:

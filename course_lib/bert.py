@@ -41,7 +41,8 @@ segments stay, so ``[CLS] A [SEP] B [SEP]`` inputs work), no relative positions,
 cross-attention or decoder mode, no whole-word masking. ``forward`` computes the MLM logits
 at every position, as transformers' does; ``masked_loss``, for training, only at the chosen
 ones. Labels mark the positions to skip with -1 (the course's convention; transformers
-uses -100). Pre-training and fine-tuning on the course corpus: ``course_lib.bert_train``.
+uses -100). Pre-training and fine-tuning on the course corpus: ``course_lib.bert_train``;
+``BertConfig(norm_first=True)`` gives pre-LN blocks, which chapter 8's recipe may use.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ from .train import _check_positive_int
 
 __all__ = ["BertConfig", "BertEmbeddings", "BertSelfAttention", "BertLayer", "BertModel", "MLMHead",
            "BertForMaskedLM", "BertForSequenceClassification", "pair_inputs", "mask_tokens", "mlm_loss",
-           "attention_maps", "ACTIVATIONS"]
+           "attention_maps", "ACTIVATIONS", "BERT_BASE", "BERT_PAPER"]
 
 # the activations of the feed-forward layer, by name; transformers' names map to these in from_hf
 ACTIVATIONS = {
@@ -70,6 +71,14 @@ ACTIVATIONS = {
     "relu": F.relu,
 }
 _HF_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu"}
+
+# BERT-base and figures from its paper (Devlin et al. 2019), for pages to compute with rather than quote
+BERT_BASE = dict(vocab_size=30522, block_size=512, n_layer=12, n_head=12, n_embd=768)  # BertConfig(**BERT_BASE)
+BERT_PAPER = dict(
+    pretrain_words={"BooksCorpus": 800_000_000, "English Wikipedia": 2_500_000_000},  # section 3.1
+    finetune_lrs=(5e-5, 4e-5, 3e-5, 2e-5), finetune_epochs=(2, 3, 4), finetune_batch_sizes=(16, 32),  # appendix A.3
+    mask_prob=0.15, mask_split=(0.8, 0.1, 0.1),  # section 3.1: chosen; [MASK], random, unchanged
+)
 
 
 # ---------------------------------------------------------------------------- config
@@ -86,6 +95,7 @@ class BertConfig:
     attn_dropout: float = 0.1  # on the attention weights (BERT: 0.1)
     layer_norm_eps: float = 1e-12  # BERT's (GPT-2's is 1e-5)
     activation: str = "gelu"  # the feed-forward non-linearity, a key of ACTIVATIONS
+    norm_first: bool = False  # False: BERT's post-LN blocks; True: pre-LN blocks and a final LayerNorm (GPT-2's)
 
     def __post_init__(self):
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "type_vocab_size"):
@@ -105,6 +115,8 @@ class BertConfig:
             raise ValueError(f"BertConfig.layer_norm_eps must be a number > 0, got {self.layer_norm_eps!r}")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"BertConfig.activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
+        if not isinstance(self.norm_first, bool):
+            raise ValueError(f"BertConfig.norm_first must be True or False, got {self.norm_first!r}")
 
     @classmethod
     def from_hf(cls, hf_config) -> BertConfig:
@@ -251,9 +263,12 @@ class BertSelfAttention(nn.Module):
 
 
 class BertLayer(nn.Module):
-    """A post-LN encoder block: ``x = ln_1(x + MHA(x))``, then ``x = ln_2(x + FFN(x))``,
-    with ``FFN(x) = fc2(act(fc1(x)))`` (C -> n_inner -> C); (B, T, C) -> (B, T, C).
+    """An encoder block, (B, T, C) -> (B, T, C), with ``FFN(x) = fc2(act(fc1(x)))`` (C -> n_inner -> C).
 
+    Post-LN (BERT's, ``norm_first=False``): ``x = ln_1(x + MHA(x))``, then ``x = ln_2(x + FFN(x))``.
+    Pre-LN (``norm_first=True``, GPT-2's; Xiong et al. 2020): ``x = x + MHA(ln_1(x))``, then
+    ``x = x + FFN(ln_2(x))``: the residual stream is never normalised, so the gradient reaches
+    the lower blocks undamped and a high learning rate is safe (chapter 6 measures both).
     Dropout acts on each sublayer's output before it is added to the residual stream.
     """
 
@@ -267,11 +282,20 @@ class BertLayer(nn.Module):
         self.ln_2 = nn.LayerNorm(c.n_embd, eps=c.layer_norm_eps)
         self.drop = nn.Dropout(c.dropout)
         self.act = ACTIVATIONS[c.activation]
+        self.norm_first = c.norm_first
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if self.norm_first:
+            x = x + self.drop(self.attn(self.ln_1(x), mask))
+            x = x + self.drop(self.fc2(self.act(self.fc1(self.ln_2(x)))))
+            return x
         x = self.ln_1(x + self.drop(self.attn(x, mask)))
         x = self.ln_2(x + self.drop(self.fc2(self.act(self.fc1(x)))))
         return x
+
+    def attention_input(self, x: torch.Tensor) -> torch.Tensor:
+        """What the attention sublayer reads: ``x`` (post-LN) or ``ln_1(x)`` (pre-LN)."""
+        return self.ln_1(x) if self.norm_first else x
 
 
 class BertModel(nn.Module):
@@ -282,7 +306,8 @@ class BertModel(nn.Module):
     sequence (left and right). ``pooled = tanh(pooler(hidden[:, 0]))``, the ``[CLS]``
     position through the pooler, exists when the model has one (``pooler=True``; BERT's
     masked-LM model has none). ``attention_mask``: 1 for tokens, 0 for padding (keys hidden
-    from every query); None: no padding.
+    from every query); None: no padding. With ``norm_first`` the last block's output goes
+    through a final LayerNorm ``ln_f`` (pre-LN blocks leave the stream unnormalised).
     """
 
     def __init__(self, config: BertConfig, pooler: bool = True):
@@ -292,6 +317,7 @@ class BertModel(nn.Module):
             raise ValueError(f"pooler must be True or False, got {pooler!r}")
         self.embeddings = BertEmbeddings(c)
         self.layers = nn.ModuleList([BertLayer(c) for _ in range(c.n_layer)])
+        self.ln_f = nn.LayerNorm(c.n_embd, eps=c.layer_norm_eps) if c.norm_first else None
         self.pooler = nn.Linear(c.n_embd, c.n_embd) if pooler else None  # (C, C), then tanh
         self.apply(_init_weights)
 
@@ -304,6 +330,8 @@ class BertModel(nn.Module):
         x = self.embeddings(input_ids, token_type_ids)  # (B, T, C)
         for layer in self.layers:
             x = layer(x, mask)
+        if self.ln_f is not None:
+            x = self.ln_f(x)  # pre-LN: normalise the stream once, at the end
         pooled = torch.tanh(self.pooler(x[:, 0])) if self.pooler is not None else None  # (B, C) from [CLS]
         return x, pooled
 
@@ -344,11 +372,11 @@ def attention_maps(model: nn.Module, input_ids: torch.Tensor, token_type_ids: to
     with torch.no_grad():
         x = bert.embeddings(input_ids, token_type_ids)  # (B, T, C)
         for layer in bert.layers:
-            attn = layer.attn
-            B, T, C = x.shape
+            attn, a = layer.attn, layer.attention_input(x)  # a: what the attention reads (B, T, C)
+            B, T, C = a.shape
             nh, hs = attn.n_head, C // attn.n_head
-            q = attn.query(x).view(B, T, nh, hs).transpose(1, 2)  # (B, T, C) -> (B, nh, T, hs)
-            k = attn.key(x).view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
+            q = attn.query(a).view(B, T, nh, hs).transpose(1, 2)  # (B, T, C) -> (B, nh, T, hs)
+            k = attn.key(a).view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
             scores = q @ k.transpose(-2, -1) / math.sqrt(hs)  # (B, nh, T, T)
             if mask is not None:
                 scores = scores.masked_fill(~mask, float("-inf"))  # padded keys: weight 0
@@ -686,7 +714,7 @@ def _load(model: nn.Module, state: dict, training: bool, skip: tuple[str, ...] =
     return model.train(training)
 
 
-if __name__ == "__main__":  # python -m course_lib.bert pretrain ...: the command line of bert_train
-    from course_lib.bert_train import main
+if __name__ == "__main__":  # python -m course_lib.bert pretrain ...: the command line of bert_cli
+    from course_lib.bert_cli import main
 
     main()

@@ -63,7 +63,7 @@ from .train import (_check_positive_int, _check_prompt, _check_sampling, _eval_m
                     top_k_filter, top_p_filter)
 
 __all__ = ["GPTConfig", "LayerNorm", "CausalSelfAttention", "MLP", "Block", "KVCache", "GPT",
-           "top_k_filter", "top_p_filter"]
+           "GPTForSequenceClassification", "top_k_filter", "top_p_filter"]
 
 
 # ---------------------------------------------------------------------------- config
@@ -428,3 +428,58 @@ if __name__ == "__main__":  # python -m course_lib.gpt train|sample ...: the com
     from course_lib.gpt_cli import main
 
     main()
+
+
+class GPTForSequenceClassification(nn.Module):
+    """A GPT with a classifier on its **last** position: ``forward(input_ids (B, T),
+    attention_mask=None, labels=None) -> (logits (B, n_classes), loss)``.
+
+    A decoder's position t has read tokens 0..t only, so the one vector that has read the
+    whole text is the last real token's (Radford et al. 2018, GPT-1's classifier; Raschka,
+    "Build a Large Language Model from Scratch", chapter 6). Rows are padded on the right
+    (``attention_mask`` 1 on tokens, 0 on padding): the causal mask keeps the padding out of
+    every real position, and row b is read at its last token, ``attention_mask[b].sum() - 1``.
+    ``logits = classifier(ln_f(h_last))``; ``loss`` the cross-entropy against ``labels``.
+    Its interface is ``BertForSequenceClassification``'s, so the same fine-tuning loop
+    (``course_lib.bert_train.finetune_classifier``) trains both.
+    """
+
+    def __init__(self, gpt: GPT, n_classes: int):
+        super().__init__()
+        if not isinstance(gpt, GPT):
+            raise TypeError(f"expected a GPT, got {type(gpt).__name__}")
+        _check_positive_int("n_classes", n_classes)
+        self.gpt, self.config, self.n_classes = gpt, gpt.config, n_classes
+        self.classifier = nn.Linear(gpt.config.n_embd, n_classes)  # (n_classes, C)
+        nn.init.normal_(self.classifier.weight, mean=0.0, std=0.02)
+        nn.init.zeros_(self.classifier.bias)
+
+    def get_block_size(self) -> int:
+        return self.config.block_size
+
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None):
+        if token_type_ids is not None:
+            raise ValueError("a GPT has no segments: pass token_type_ids=None")
+        _check_idx(input_ids, self.config.vocab_size)
+        B, T = input_ids.shape
+        if T > self.config.block_size:
+            raise ValueError(f"expected input_ids of shape (B, T) with T <= block_size={self.config.block_size}, "
+                             f"got {tuple(input_ids.shape)}")
+        if attention_mask is None:
+            last = torch.full((B,), T - 1, device=input_ids.device)
+        else:
+            if attention_mask.shape != input_ids.shape:
+                raise ValueError(f"expected attention_mask of shape {tuple(input_ids.shape)}, got "
+                                 f"{tuple(attention_mask.shape)}")
+            last = attention_mask.long().sum(dim=1) - 1  # (B,) the last real token of each row
+            if (last < 0).any():
+                raise ValueError("every row needs at least one token (attention_mask all 0 in a row)")
+        t = self.gpt.transformer
+        x = t.drop(t.wte(input_ids.long()) + t.wpe(torch.arange(T, device=input_ids.device)))  # (B, T, C)
+        for block in t.h:
+            x = block(x)
+        h = t.ln_f(x[torch.arange(B, device=x.device), last])  # (B, C) at each row's last token
+        logits = self.classifier(h)  # (B, n_classes)
+        loss = None if labels is None else F.cross_entropy(logits.float(), labels.long())
+        return logits, loss

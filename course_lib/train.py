@@ -32,7 +32,8 @@ Chapter 7 adds GPT's training recipe to the same loop (GPT-2, GPT-3; nanoGPT's `
 - ``warmup_cosine``: a linear warm-up, then a cosine decay to a floor. At the start Adam's
   second-moment estimates rest on a few gradients and the weights are random, so full
   steps are unstable; later, a smaller step settles into the minimum the large steps
-  found. It plugs into ``train``'s ``lr_schedule``.
+  found. It plugs into ``train``'s ``lr_schedule``. ``warmup_stable_decay`` holds the
+  full rate until a final linear decay (chapter 8's BERT needs it to leave a plateau).
 - clipping the gradient norm (``grad_clip``, chapter 4), so one unlucky batch cannot throw
   the weights far;
 - gradient accumulation (``accumulate``): the gradient of a large batch, summed over
@@ -86,7 +87,8 @@ from .runtime import autocast_dtype, pick_device, seed_everything
 
 __all__ = ["History", "get_batch", "evaluate", "train", "lr_sweep", "generate",
            "sequence_logprobs", "bits_per_char", "UNBOUNDED_CONTEXT", "configure_optimizer",
-           "warmup_cosine", "resolve_precision", "save_checkpoint", "load_checkpoint", "CHECKPOINT_NAME",
+           "warmup_cosine", "warmup_stable_decay", "resolve_precision", "save_checkpoint", "load_checkpoint",
+           "CHECKPOINT_NAME",
            "top_k_filter", "top_p_filter"]
 
 UNBOUNDED_CONTEXT = 2**62  # get_block_size() of a model that can see the whole past (the RNN)
@@ -303,6 +305,40 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int, max_lr: float 
         return min_lr
     r = (step - warmup_steps) / (total_steps - warmup_steps)  # from 0 to 1
     return min_lr + (max_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * r))
+
+
+def warmup_stable_decay(step: int, warmup_steps: int, total_steps: int, decay_steps: int, max_lr: float = 1.0,
+                        min_lr: float = 0.0) -> float:
+    """The learning rate at ``step`` (0-based): a linear warm-up to ``max_lr`` over
+    ``warmup_steps``, then ``max_lr`` held, then a linear decay to ``min_lr`` over the last
+    ``decay_steps`` steps before ``total_steps``, and ``min_lr`` after ("warm-up, stable,
+    decay": Hu et al. 2024, MiniCPM). Unlike a cosine it keeps the full rate until the
+    end is near, which matters for a model that must first leave a plateau::
+
+        step < warmup:                      max_lr * (step + 1) / (warmup + 1)
+        warmup <= step < total - decay:     max_lr
+        total - decay <= step < total:      max_lr - (max_lr - min_lr) * (step - (total - decay) + 1) / decay
+        step >= total:                      min_lr
+
+    Warm-up 1, total 4, decay 2: steps 0..4 give 0.5, 1, 0.5, 0, 0.
+    """
+    for name, value in [("step", step), ("warmup_steps", warmup_steps), ("decay_steps", decay_steps)]:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+    _check_positive_int("total_steps", total_steps)
+    if warmup_steps + decay_steps > total_steps:
+        raise ValueError(f"warmup_steps={warmup_steps} + decay_steps={decay_steps} is longer than "
+                         f"total_steps={total_steps}")
+    if not (isinstance(min_lr, (int, float)) and isinstance(max_lr, (int, float)) and 0 <= min_lr <= max_lr):
+        raise ValueError(f"expected 0 <= min_lr <= max_lr, got min_lr={min_lr!r}, max_lr={max_lr!r}")
+    if step < warmup_steps:
+        return max_lr * (step + 1) / (warmup_steps + 1)
+    if step >= total_steps:
+        return min_lr
+    start = total_steps - decay_steps
+    if step < start:
+        return max_lr
+    return max_lr - (max_lr - min_lr) * (step - start + 1) / decay_steps
 
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}

@@ -1,4 +1,4 @@
-"""course_lib.bert, course_lib.genre and course_lib.bert_train.
+"""course_lib.bert, course_lib.genre, course_lib.bert_train and course_lib.bert_cli.
 
 BERT against transformers' BertModel, BertForMaskedLM and BertForSequenceClassification
 with the same weights (small random configs, eval mode, padding masks, segments, float32
@@ -23,12 +23,12 @@ import torch.nn.functional as F
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # before transformers is imported: every reference model is built here
 
-from course_lib import bert, bert_train, genre  # noqa: E402
+from course_lib import bert, bert_cli, bert_train, genre  # noqa: E402
 from course_lib.bert import (BertConfig, BertForMaskedLM, BertForSequenceClassification, BertModel,  # noqa: E402
                              mask_tokens, mlm_loss)
+from course_lib.bert_cli import load_pretrained, save_pretrained  # noqa: E402
 from course_lib.bert_train import (SPECIAL_TOKENS, Specials, encode_texts, evaluate_mlm, finetune_classifier,  # noqa: E402
-                                   load_pretrained, mlm_batch, predict_classes, pretrain_mlm, save_pretrained,
-                                   train_tokenizer)
+                                   mlm_batch, predict_classes, pretrain_mlm, train_tokenizer)
 from course_lib.data import load_split  # noqa: E402
 from course_lib.genre import GENRES, NaiveBayes, cut_passages, dialogue, genre_passages, play_genre, scores  # noqa: E402
 from course_lib.tokenizers import BPETokenizer  # noqa: E402
@@ -55,7 +55,7 @@ def padding_mask(B, T, lengths):
     return (torch.arange(T)[None, :] < torch.tensor(lengths)[:, None]).long()
 
 
-@pytest.mark.parametrize("module", [bert, genre, bert_train])
+@pytest.mark.parametrize("module", [bert, genre, bert_train, bert_cli])
 def test_module_examples(module):
     assert doctest.testmod(module).failed == 0
 
@@ -562,7 +562,7 @@ def test_save_and_load_pretrained(tokenizer, tmp_path, monkeypatch, use_safetens
     if use_safetensors:
         pytest.importorskip("safetensors")
     else:
-        monkeypatch.setattr(bert_train, "_safetensors", lambda: None)  # the torch.save fallback
+        monkeypatch.setattr(bert_cli, "_safetensors", lambda: None)  # the torch.save fallback
     torch.manual_seed(0)
     mlm = BertForMaskedLM(BertConfig(vocab_size=300, block_size=16, n_layer=1, n_head=2, n_embd=16)).eval()
     path = save_pretrained(tmp_path / "mlm", mlm, tokenizer, extra={"note": "test"})
@@ -591,16 +591,16 @@ def test_command_line_pretrains_and_saves(tmp_path, capsys):
     argv = ["pretrain", "--out", str(out), "--fast", "--n-layer", "1", "--n-head", "2", "--n-embd", "16",
             "--block-size", "16", "--batch-size", "4", "--max-steps", "3", "--eval-batches", "1", "--quiet",
             "--device", "cpu"]
-    bert_train.main(argv)
+    bert_cli.main(argv)
     assert "validation MLM loss" in capsys.readouterr().out
     model, tok = load_pretrained(out)
     record = json.loads((out / "config.json").read_text())["extra"]
     assert record["steps"][-1] == 3 and model.config.n_embd == 16 and tok.vocab_size == 300
     assert record["argv"] == argv and record["device"] == "cpu (1 thread)"  # what the run was, where it ran
     with pytest.raises(SystemExit, match="already holds a model"):
-        bert_train.main(argv)
+        bert_cli.main(argv)
     with pytest.raises(SystemExit, match="not divisible by n_head"):
-        bert_train.main(["pretrain", "--out", str(tmp_path / "bad"), "--n-embd", "15", "--fast", "--quiet"])
+        bert_cli.main(["pretrain", "--out", str(tmp_path / "bad"), "--n-embd", "15", "--fast", "--quiet"])
 
 
 class Crash(Exception):
@@ -641,7 +641,7 @@ def test_interrupted_pretraining_resumes_exactly(tokenizer, tmp_path):
         pretrain_mlm(crashing, ids, ids, checkpoint_dir=tmp_path, checkpoint_every=2, **settings)
     saved = load_checkpoint(tmp_path / CHECKPOINT_NAME, make(1), restore_rng=False, history=bert_train.MLMHistory())
     assert saved["step"] == 4 and saved["history"].valid_accuracy  # the subclass's own field comes back
-    with pytest.raises(ValueError, match=r"history with \['valid_accuracy'\]"):
+    with pytest.raises(ValueError, match=r"history with \[.*'valid_accuracy'\]"):
         load_checkpoint(tmp_path / CHECKPOINT_NAME, make(1), restore_rng=False, history=History())
     resumed_model = make(7)  # other weights: the checkpoint replaces them
     resumed = pretrain_mlm(resumed_model, ids, ids, checkpoint_dir=tmp_path, checkpoint_every=2, **settings)
@@ -655,15 +655,15 @@ def test_command_line_resumes_an_interrupted_run(tmp_path, capsys):
             "--batch-size", "4", "--max-steps", "6", "--eval-every", "2", "--eval-batches", "1",
             "--checkpoint-every", "2", "--quiet", "--device", "cpu"]
     whole, cut = tmp_path / "whole", tmp_path / "cut"
-    bert_train.main(base + ["--out", str(whole)])
+    bert_cli.main(base + ["--out", str(whole)])
     assert sorted(p.name for p in whole.iterdir()) == ["config.json", "model.safetensors", "tokenizer.json"]
-    bert_train.main(base + ["--out", str(cut), "--max-seconds", "1e-9"])  # stops after one step
+    bert_cli.main(base + ["--out", str(cut), "--max-seconds", "1e-9"])  # stops after one step
     assert "stopped at step 1 of 6" in capsys.readouterr().out and (cut / CHECKPOINT_NAME).exists()
     with pytest.raises(SystemExit, match="unfinished run .*pass --resume"):
-        bert_train.main(base + ["--out", str(cut)])
-    with pytest.raises(SystemExit, match="other settings; saved vs given: --lr 0.001 vs 0.01"):
-        bert_train.main(base + ["--out", str(cut), "--resume", "--lr", "0.01"])
-    bert_train.main(base + ["--out", str(cut), "--resume"])
+        bert_cli.main(base + ["--out", str(cut)])
+    with pytest.raises(SystemExit, match="other settings; saved vs given: --lr 0.002 vs 0.01"):
+        bert_cli.main(base + ["--out", str(cut), "--resume", "--lr", "0.01"])
+    bert_cli.main(base + ["--out", str(cut), "--resume"])
     assert sorted(p.name for p in cut.iterdir()) == sorted(p.name for p in whole.iterdir())  # checkpoint removed
     a, b = (json.loads((folder / "config.json").read_text())["extra"] for folder in (whole, cut))
     assert a["steps"] == b["steps"] == [0, 2, 4, 6]
@@ -671,7 +671,7 @@ def test_command_line_resumes_an_interrupted_run(tmp_path, capsys):
     (m1, _), (m2, _) = load_pretrained(whole), load_pretrained(cut)
     assert all(torch.equal(p, q) for p, q in zip(m1.parameters(), m2.parameters()))
     with pytest.raises(SystemExit, match="no unfinished run"):
-        bert_train.main(base + ["--out", str(cut), "--resume"])
+        bert_cli.main(base + ["--out", str(cut), "--resume"])
 
 
 # ---------------------------------------------------------------------------- the genre task
