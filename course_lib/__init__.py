@@ -31,6 +31,7 @@ One module per concept, in the order of the chapters:
 - ``course_lib.bert_train``: pre-training a mini-BERT on the plays, fine-tuning it,
   ``python -m course_lib.bert pretrain`` and the saved checkpoint (chapter 8).
 - ``course_lib.ladder``: the course ladder, bits per character on the test plays.
+- ``course_lib.pagetime``: each chapter's run time, recorded by the page and stated at its top.
 - ``course_lib.grading``: checks used by the exercises' autograded tests.
 - ``course_lib.autograde``, ``course_lib.sandbox`` and ``course_lib.sandbox_runner``:
   grading a class with every submission run in a bubblewrap sandbox, several at a time
