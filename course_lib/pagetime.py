@@ -75,9 +75,13 @@ class Clock:
 
     def sentence(self) -> str:
         """What the earlier runs recorded, for the top of the page (either may be missing)."""
-        full, fast = read(self.chapter, False), read(self.chapter, True)
-        return (f"The last full run of this page took {describe(full)}; the last run in fast mode "
-                f"(`COURSE_FAST=1`) took {describe(fast)}.")
+        parts = []
+        for label, record in [("full run", read(self.chapter, False)),
+                              ("run in fast mode (`COURSE_FAST=1`)", read(self.chapter, True))]:
+            parts.append(f"the last {label} of this page took {describe(record)}" if record is not None
+                         else f"no {label} of this page is recorded yet in this results folder")
+        text = "; ".join(parts) + "."
+        return text[0].upper() + text[1:]
 
     def finish(self) -> Record:
         """Write this run's record (atomically) and return it."""

@@ -17,7 +17,9 @@ def results(tmp_path, monkeypatch):
 def test_a_finished_run_is_read_back_by_the_next(results, monkeypatch, fast):
     monkeypatch.setenv("COURSE_FAST", "1" if fast else "0")
     assert pagetime.read(3, fast) is None
-    assert "not measured yet" in pagetime.start(3).sentence()
+    assert pagetime.start(3).sentence() == ("No full run of this page is recorded yet in this results folder; no run "
+                                            "in fast mode (`COURSE_FAST=1`) of this page is recorded yet in this "
+                                            "results folder.")
     record = pagetime.start(3, device="cpu (2 threads)").finish()
     assert record.fast_mode is fast and record.seconds >= 0 and record.cpus >= 1
     path = results / f"time-ch03-{'fast' if fast else 'full'}.json"
@@ -25,7 +27,7 @@ def test_a_finished_run_is_read_back_by_the_next(results, monkeypatch, fast):
     assert pagetime.read(3, fast) == record
     assert pagetime.read(3, not fast) is None  # the other mode keeps its own record
     sentence = pagetime.start(3).sentence()
-    assert pagetime.describe(record) in sentence and "not measured yet" in sentence
+    assert pagetime.describe(record) in sentence and "is recorded yet" in sentence
 
 
 @pytest.mark.parametrize("seconds,expected", [(12.4, "12 s"), (754.0, "13 min"), (9000.0, "2.5 h")])
