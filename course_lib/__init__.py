@@ -7,8 +7,11 @@ One module per concept, in the order of the chapters:
   fixed train / validation / test splits by play.
 - ``course_lib.ngram``: counting n-gram language models with smoothing (chapter 1).
 - ``course_lib.tokenizers``: character, word and byte-level BPE tokenizers (chapter 2).
-- ``course_lib.train``: the training loop, evaluation, bits per character and sampling
-  that every neural chapter uses (chapter 3 on).
+- ``course_lib.train``: the training loop, evaluation and bits per character that every
+  neural chapter uses (chapter 3 on), with GPT's recipe (chapter 7); its sampling and
+  checkpoints live in ``course_lib.sampling`` and ``course_lib.checkpoint``, the record of
+  a run in ``course_lib.history`` and the shared argument checks in ``course_lib.checks``,
+  all importable from ``course_lib.train`` as before.
 - ``course_lib.neural_lm``: the bigram net and the MLP language model (chapter 3).
 - ``course_lib.embeddings``: word2vec, skip-gram with negative sampling (chapter 3).
 - ``course_lib.rnn``: RNN, LSTM and GRU cells and language models, truncated BPTT (chapter 4).
@@ -30,6 +33,7 @@ One module per concept, in the order of the chapters:
 - ``course_lib.bert_cli``: saving and loading checkpoints, ``python -m course_lib.bert
   pretrain`` and the two checkpoints the course ships (chapter 8).
 - ``course_lib.ladder``: the course ladder, bits per character on the test plays.
+- ``course_lib.pagetime``: each chapter's run time, recorded by the page and stated at its top.
 - ``course_lib.grading``: checks used by the exercises' autograded tests.
 - ``course_lib.autograde``, ``course_lib.sandbox`` and ``course_lib.sandbox_runner``:
   grading a class with every submission run in a bubblewrap sandbox, several at a time

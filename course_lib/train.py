@@ -14,21 +14,22 @@ written once for the bigram net, the MLP, the RNN and the Transformers:
 
 - ``get_batch``: random windows of a token sequence, targets shifted by one;
 - ``train``: AdamW steps with an optional learning-rate schedule, gradient clipping and a
-  time budget (the chapters compare models at equal CPU time), returning a ``History``
-  (chapter 4's ``train_tbptt`` runs the same loop on batches of its own);
+  time budget (the chapters compare models at equal training time), returning a ``History``
+  (``course_lib.history``; chapter 4's ``train_tbptt`` runs the same loop on batches of its own);
 - ``evaluate``: mean loss over a fixed set of random batches;
 - ``sequence_logprobs`` / ``bits_per_char``: the exact log-probability of every token of a
   text, preceded by one start token like chapter 1's ``<s>`` (the course ladder's metric);
 - ``generate``: sampling, with temperature and top-k (``top_k_filter``; ``top_p_filter``
-  joins it for GPT in chapter 7);
+  joins it for GPT in chapter 7), written in ``course_lib.sampling`` and importable from here;
 - ``lr_sweep``: short runs at several learning rates.
 
 Chapter 7 adds GPT's training recipe to the same loop (GPT-2, GPT-3; nanoGPT's ``train.py``):
 
-- ``configure_optimizer``: AdamW (betas 0.9, 0.95) with weight decay on the matrices of the
-  Linear layers only. Decay regularises the maps that mix features; pulling a LayerNorm
-  gain or a bias to 0 only switches features off, and an embedding row is updated only
-  when its token occurs, so decay would shrink rare tokens most.
+- ``configure_optimizer``: AdamW (betas 0.9, 0.95, GPT-3's) with weight decay on the matrices
+  of the Linear layers only (minGPT's split; nanoGPT also decays the embeddings). Decay
+  regularises the maps that mix features; pulling a LayerNorm gain or a bias to 0 only
+  switches features off, and an embedding row is updated only when its token occurs, so
+  decay would shrink rare tokens most.
 - ``warmup_cosine``: a linear warm-up, then a cosine decay to a floor. At the start Adam's
   second-moment estimates rest on a few gradients and the weights are random, so full
   steps are unstable; later, a smaller step settles into the minimum the large steps
@@ -41,9 +42,10 @@ Chapter 7 adds GPT's training recipe to the same loop (GPT-2, GPT-3; nanoGPT's `
 - mixed precision (``precision``, ``resolve_precision``): the matmuls in bf16 (or fp16 with
   a gradient scaler that keeps small gradients from underflowing), the weights and the
   optimizer in fp32; about twice the speed and half the activation memory on a GPU;
-- checkpoints (``save_checkpoint``, ``load_checkpoint``, ``train(checkpoint_dir=...)``): a
-  long run survives an interruption; with the generators' states saved too, a resumed run
-  gives exactly the losses of an uninterrupted one on the CPU;
+- checkpoints (``save_checkpoint``, ``load_checkpoint`` from ``course_lib.checkpoint``,
+  ``train(checkpoint_dir=...)``): a long run survives an interruption; with the
+  generators' states saved too, a resumed run gives exactly the losses of an
+  uninterrupted one on the CPU;
 - ``torch.compile`` (``compile=True``): the same steps through generated, fused kernels.
 
     >>> data = torch.tensor([0, 1, 2, 3, 4, 5])
@@ -71,19 +73,22 @@ from __future__ import annotations
 
 import math
 import os
-import random
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field, fields
+from contextlib import nullcontext
+from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from .checks import (_check_model, _check_positive_int, _check_settings, _check_tokens, _eval_mode,  # noqa: F401
+                     _model_device)
+from .history import History
 from .runtime import autocast_dtype, pick_device, seed_everything
+from .sampling import (_check_prompt, _check_sampling, _sample_next, generate, top_k_filter,  # noqa: F401
+                       top_p_filter)
 
 __all__ = ["History", "get_batch", "evaluate", "train", "lr_sweep", "generate",
            "sequence_logprobs", "bits_per_char", "UNBOUNDED_CONTEXT", "configure_optimizer",
@@ -92,34 +97,6 @@ __all__ = ["History", "get_batch", "evaluate", "train", "lr_sweep", "generate",
            "top_k_filter", "top_p_filter"]
 
 UNBOUNDED_CONTEXT = 2**62  # get_block_size() of a model that can see the whole past (the RNN)
-
-
-# ---------------------------------------------------------------------------- checks
-def _check_positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be an integer > 0, got {value!r}")
-    return value
-
-
-def _check_tokens(name: str, data, min_len: int = 1) -> torch.Tensor:
-    """A 1-D integer tensor of at least ``min_len`` tokens, as int64."""
-    if not isinstance(data, torch.Tensor):
-        raise TypeError(f"expected {name} as a 1-D torch tensor of token ids (torch.tensor(ids)), "
-                        f"got {type(data).__name__}")
-    if data.dim() != 1:
-        raise ValueError(f"expected {name} of shape (N,), a 1-D sequence of token ids, got {tuple(data.shape)}")
-    if data.dtype == torch.bool or data.dtype.is_floating_point or data.dtype.is_complex:
-        raise TypeError(f"expected {name} to hold integer token ids, got dtype {data.dtype}")
-    if len(data) < min_len:
-        raise ValueError(f"{name} holds {len(data)} tokens; at least {min_len} are needed here")
-    return data.long()
-
-
-def _check_model(model) -> int:
-    if not isinstance(model, torch.nn.Module) or not callable(getattr(model, "get_block_size", None)):
-        raise TypeError("expected a language model: a torch.nn.Module with forward(idx, targets) -> "
-                        f"(logits, loss) and get_block_size(), got {type(model).__name__}")
-    return _check_positive_int("model.get_block_size()", model.get_block_size())
 
 
 def _window(model, block_size) -> int:
@@ -134,35 +111,6 @@ def _window(model, block_size) -> int:
                          "windows, each read from a zero state (e.g. block_size=64); course_lib.rnn.train_tbptt "
                          "trains such a model on whole streams")
     return model_block
-
-
-def _check_settings(ints, numbers, weight_decay) -> None:
-    """Run settings: every (name, value) of ``ints`` an integer > 0, of ``numbers`` None or a
-    finite number > 0; ``weight_decay`` a number >= 0."""
-    for name, value in ints:
-        _check_positive_int(name, value)
-    for name, value in numbers:
-        if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-            raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    if not (isinstance(weight_decay, (int, float)) and weight_decay >= 0):
-        raise ValueError(f"weight_decay must be a number >= 0, got {weight_decay!r}")
-
-
-def _model_device(model) -> torch.device:
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
-
-
-@contextmanager
-def _eval_mode(model):
-    """No gradients and ``model.eval()`` inside; the model's mode is restored after."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        model.train(was_training)
 
 
 # ---------------------------------------------------------------------------- batches
@@ -208,51 +156,14 @@ def evaluate(model, data, block_size: int | None = None, batch_size: int = 32, n
     return total / n_batches
 
 
-# ---------------------------------------------------------------------------- training
-@dataclass
-class History:
-    """What ``train`` measured. Losses are mean cross-entropies in nats per token."""
-
-    steps: list[int] = field(default_factory=list)  # the steps at which both losses were evaluated
-    train_loss: list[float] = field(default_factory=list)  # loss on fixed batches of the training data
-    valid_loss: list[float] = field(default_factory=list)  # same on the validation data (empty without it)
-    step_losses: list[float] = field(default_factory=list)  # the loss of every training batch
-    seconds: float = 0.0  # wall-clock time of the training steps (evaluation not counted)
-    tokens_seen: int = 0  # training positions seen: steps * accumulate * batch_size * block_size
-    diverged: bool = False  # training stopped at a loss that was not finite (lr too high?)
-    grad_norms: list[float] = field(default_factory=list)  # global gradient norm of every step, before clipping
-
-    @property
-    def best_valid(self) -> float:
-        """The lowest validation loss measured."""
-        if not self.valid_loss:
-            raise ValueError("no validation loss was measured: pass valid_data to train()")
-        return min(self.valid_loss)
-
-    def plot(self, ax=None, title: str = "training and validation loss"):
-        """Draw the loss curves on ``ax`` (a new figure if None) and return the axes."""
-        import matplotlib.pyplot as plt
-
-        if ax is None:
-            _, ax = plt.subplots(figsize=(6, 3.5))
-        if self.step_losses:
-            ax.plot(range(len(self.step_losses)), self.step_losses, color="0.8", lw=0.8,
-                    label="training batch")
-        ax.plot(self.steps, self.train_loss, marker="o", ms=3, label="train")
-        if self.valid_loss:
-            ax.plot(self.steps, self.valid_loss, marker="o", ms=3, label="validation")
-        ax.set_xlabel("step")
-        ax.set_ylabel("loss (nats per token)")
-        ax.set_title(title)
-        ax.legend()
-        return ax
-
 
 # ---------------------------------------------------------------------------- the recipe (chapter 7)
 def configure_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, betas=(0.9, 0.95),
                         eps: float = 1e-8) -> torch.optim.AdamW:
     """AdamW with two parameter groups: ``weight_decay`` on the matrices of the Linear
-    layers only; none on biases, normalisation gains and embeddings (GPT-2, nanoGPT).
+    layers only; none on biases, normalisation gains and embeddings. That split is minGPT's
+    convention; nanoGPT decays every parameter of two or more dimensions, embeddings included,
+    and the GPT-2 paper says nothing about decay (GPT-3's uses 0.1).
 
     Decay pulls every weight towards 0. That regularises a matrix that mixes features, but a
     LayerNorm gain pulled to 0 switches its features off and a bias has no scale to shrink;
@@ -367,96 +278,8 @@ def resolve_precision(precision: str, device) -> str:
     return precision
 
 
-# ---------------------------------------------------------------------------- checkpoints
-CHECKPOINT_NAME = "checkpoint.pt"  # the file that train(checkpoint_dir=...) keeps up to date
 
-
-def _rng_states() -> dict:
-    """Every random number generator a run draws from, as tensors and plain lists, so that
-    ``torch.load(weights_only=True)`` reads them back."""
-    version, mt, gauss = random.getstate()
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    states = {"torch": torch.get_rng_state(),
-              "python": [version, list(mt), gauss],
-              "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached]}
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def _set_rng_states(states: dict) -> None:
-    torch.set_rng_state(states["torch"])
-    version, mt, gauss = states["python"]
-    random.setstate((version, tuple(mt), gauss))
-    kind, keys, pos, has_gauss, cached = states["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
-
-
-def save_checkpoint(path, model, optimizer, step: int, history: History, extra: dict | None = None,
-                    scaler=None) -> None:
-    """Write everything a run needs to go on to ``path``: the model, the optimizer (and the
-    fp16 gradient ``scaler``), ``step``, the ``history`` and the state of every random
-    number generator (torch, CUDA, Python's ``random``, NumPy).
-
-    Only tensors, numbers, strings and plain containers are stored, so ``load_checkpoint``
-    unpickles nothing else; ``extra`` must hold the same kinds. The file is written next to
-    ``path`` under a temporary name, then renamed with ``os.replace``, which is atomic: a
-    run killed while writing leaves the previous checkpoint whole.
-    """
-    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-             "scaler": None if scaler is None else scaler.state_dict(), "step": int(step),
-             "history": asdict(history), "rng": _rng_states(), "extra": {} if extra is None else extra}
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.remove(tmp)
-        raise
-
-
-def load_checkpoint(path, model, optimizer=None, scaler=None, restore_rng: bool = True,
-                    history: History | None = None) -> dict:
-    """Load a ``save_checkpoint`` file into ``model`` (and ``optimizer``, ``scaler``);
-    with ``restore_rng`` the random number generators continue where they were.
-
-    Returns ``{"step": int, "history": History, "extra": dict}``. The saved history fills
-    ``history`` in place if one is given (a subclass such as chapter 8's ``MLMHistory``
-    gets its own fields back too), else a new ``History``. The file is read with
-    ``torch.load(weights_only=True)``: a file holding any other object is refused rather
-    than run (unpickling can execute code).
-    """
-    import pickle
-
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise ValueError(f"{path} holds objects other than tensors, numbers, strings and plain containers: "
-                         "refused (weights_only=True); a checkpoint of save_checkpoint never does") from err
-    model.load_state_dict(state["model"])
-    if optimizer is not None:
-        optimizer.load_state_dict(state["optimizer"])
-    if scaler is not None and state["scaler"] is not None:
-        scaler.load_state_dict(state["scaler"])
-    if restore_rng:
-        _set_rng_states(state["rng"])
-    history = History() if history is None else history
-    unknown = sorted(set(state["history"]) - {f.name for f in fields(history)})
-    if unknown:
-        raise ValueError(f"{path} holds a history with {unknown}, which {type(history).__name__} does not have: "
-                         "it was saved by another kind of run")
-    for name, value in state["history"].items():
-        setattr(history, name, value)
-    return {"step": state["step"], "history": history, "extra": state["extra"]}
-
-
+# ---------------------------------------------------------------------------- training
 def train(model, train_data, valid_data=None, *, steps: int, batch_size: int = 32, block_size: int | None = None,
           lr: float = 1e-3, weight_decay: float = 0.0, optimizer: torch.optim.Optimizer | None = None,
           lr_schedule: Callable[[int], float] | None = None, eval_every: int = 100, eval_batches: int = 20,
@@ -748,113 +571,6 @@ def lr_sweep(make_model: Callable[[], torch.nn.Module], train_data, lrs: Sequenc
         results[lr] = final if not history.diverged and math.isfinite(final) else math.inf
     return results
 
-
-# ---------------------------------------------------------------------------- sampling
-def generate(model, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
-             generator: torch.Generator | None = None) -> torch.Tensor:
-    """Continue each row of ``idx`` (B, T) by ``max_new_tokens`` sampled tokens; (B, T + new).
-
-    Each new token is drawn from softmax(logits / temperature) at the last position, given
-    the last ``model.get_block_size()`` tokens; ``top_k`` keeps only the k likeliest tokens
-    (``top_k=1`` is greedy decoding). Sampling happens on the CPU with ``generator`` (a CPU
-    ``torch.Generator``), so a seed gives the same text on every device.
-    """
-    block_size = _check_model(model)
-    _check_prompt(idx)
-    _check_sampling(max_new_tokens, temperature, top_k)
-    device = _model_device(model)
-    idx = idx.long().to(device)
-    with _eval_mode(model):
-        for _ in range(max_new_tokens):
-            logits, _ = model(idx[:, -block_size:])  # (B, T, V)
-            nxt = _sample_next(logits, temperature, top_k, generator)  # (B, 1)
-            idx = torch.cat([idx, nxt.to(device)], dim=1)  # (B, T + 1)
-    return idx
-
-
-def _check_prompt(idx) -> None:
-    """The prompt of a ``generate``: token ids of shape (B, T), T >= 1."""
-    if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.dtype.is_floating_point or idx.dtype == torch.bool:
-        shape = tuple(idx.shape) if isinstance(idx, torch.Tensor) else type(idx).__name__
-        raise ValueError(f"expected idx of shape (B, T) holding token ids, got {shape}; "
-                         "one prompt is idx[None, :]")
-    if idx.shape[1] == 0:
-        raise ValueError("idx has no tokens to continue: start from at least one token (e.g. the start token)")
-
-
-def _check_sampling(max_new_tokens, temperature, top_k, top_p=None) -> None:
-    """The sampling arguments of ``generate`` (and ``RNNLanguageModel.generate``, ``GPT.generate``)."""
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
-    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
-        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
-    if top_k is not None:
-        _check_positive_int("top_k", top_k)
-    if top_p is not None:
-        _check_top_p(top_p)
-
-
-def _sample_next(logits: torch.Tensor, temperature: float, top_k: int | None,
-                 generator: torch.Generator | None, top_p: float | None = None) -> torch.Tensor:
-    """One token per row drawn from the last position of ``logits`` (B, T, V); (B, 1) on the CPU.
-
-    The distribution is softmax(logits / temperature), filtered by ``top_k_filter`` then
-    ``top_p_filter`` (that order, as ``transformers``; None skips a filter); it is sampled
-    on the CPU with ``generator``, so a seed gives the same tokens on every device.
-    ``top_k=1`` is greedy: logits [[[0.1, 2.0, -1.0]]] -> [[1]].
-    """
-    logits = logits[:, -1, :].float().cpu() / temperature  # (B, V)
-    if top_k is not None:
-        logits = top_k_filter(logits, top_k)
-    if top_p is not None:
-        logits = top_p_filter(logits, top_p)
-    probs = F.softmax(logits, dim=-1)  # (B, V)
-    return torch.multinomial(probs, 1, generator=generator)  # (B, 1)
-
-
-def _check_logits(logits) -> None:
-    if not isinstance(logits, torch.Tensor) or logits.dim() == 0 or not logits.dtype.is_floating_point:
-        got = f"{tuple(logits.shape)} {logits.dtype}" if isinstance(logits, torch.Tensor) else type(logits).__name__
-        raise ValueError(f"expected logits as a float tensor of shape (..., V), got {got}")
-
-
-def _check_top_p(p) -> float:
-    if isinstance(p, bool) or not (isinstance(p, (int, float)) and 0 < p <= 1):
-        raise ValueError(f"top_p must be a probability in (0, 1] (1 keeps every token), got {p!r}")
-    return p
-
-
-def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
-    """``logits`` (..., V) with all but the k largest of each row set to -inf (ties with the
-    k-th largest are kept); k >= V keeps everything. ``TopKLogitsWarper(k)`` of transformers.
-
-        top_k_filter(torch.tensor([1.0, 3.0, 2.0]), 2) -> [-inf, 3.0, 2.0]
-    """
-    _check_logits(logits)
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be an integer >= 1 (k=1 keeps the likeliest token only), got {k!r}")
-    k = min(k, logits.shape[-1])
-    kth = torch.topk(logits, k, dim=-1).values[..., -1:]  # (..., 1) the k-th largest of each row
-    return logits.masked_fill(logits < kth, float("-inf"))
-
-
-def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
-    """``logits`` (..., V) keeping, per row, the smallest set of likeliest tokens whose
-    probability reaches ``p``, the rest set to -inf ("nucleus sampling", Holtzman et al. 2020).
-
-    As ``TopPLogitsWarper(p)`` of transformers: sort the probabilities in ascending order
-    and remove the tokens whose cumulative probability is <= 1 - p; the likeliest token
-    always stays. Probabilities [0.5, 0.3, 0.2]: p=0.4 keeps the first token, p=0.7 the
-    first two (0.8 >= 0.7; ascending sums 0.2, 0.5, 1.0 against 1 - p = 0.3), p=1 all.
-    """
-    _check_logits(logits)
-    _check_top_p(p)
-    sorted_logits, order = torch.sort(logits, dim=-1, descending=False)  # (..., V) ascending
-    cumulative = sorted_logits.float().softmax(dim=-1).cumsum(dim=-1)  # (..., V) mass of the unlikeliest tokens
-    remove = cumulative <= 1 - p  # (..., V) in sorted order
-    remove[..., -1] = False  # keep the likeliest token whatever p
-    remove = remove.scatter(-1, order, remove)  # back to the vocabulary's order
-    return logits.masked_fill(remove, float("-inf"))
 
 
 # ---------------------------------------------------------------------------- scoring texts
