@@ -252,6 +252,18 @@ class MLMHistory(History):
                 for p, n in zip(self.attention_prev, self.attention_next)]
 
 
+def _schedule(steps: int, warmup_steps: int, decay_steps: int | None, lr: float, min_lr: float):
+    """The factor on ``lr`` at each step: ``warmup_cosine`` to ``min_lr``, or with ``decay_steps``
+    ``warmup_stable_decay``; its settings are checked here, before any work."""
+    if decay_steps is None:
+        schedule = functools.partial(warmup_cosine, warmup_steps=warmup_steps, total_steps=steps, min_lr=min_lr / lr)
+    else:
+        schedule = functools.partial(warmup_stable_decay, warmup_steps=warmup_steps, total_steps=steps,
+                                     decay_steps=decay_steps, min_lr=min_lr / lr)
+    schedule(0)
+    return schedule
+
+
 def pretrain_mlm(model: BertForMaskedLM, train_ids, valid_ids=None, *, specials: Specials, steps: int,
                  batch_size: int = 32, block_size: int | None = None, lr: float = 1e-3, min_lr: float = 1e-4,
                  warmup_steps: int | None = None, decay_steps: int | None = None, weight_decay: float = 0.01,
@@ -297,12 +309,7 @@ def pretrain_mlm(model: BertForMaskedLM, train_ids, valid_ids=None, *, specials:
     precision = resolve_precision(precision, device)  # "auto": bf16 or fp16 on a GPU, fp32 on the CPU
     vocab_size = model.config.vocab_size
     optimizer = configure_optimizer(model, lr, weight_decay, betas=(0.9, 0.999))
-    if decay_steps is None:
-        schedule = functools.partial(warmup_cosine, warmup_steps=warmup_steps, total_steps=steps, min_lr=min_lr / lr)
-    else:
-        schedule = functools.partial(warmup_stable_decay, warmup_steps=warmup_steps, total_steps=steps,
-                                     decay_steps=decay_steps, min_lr=min_lr / lr)
-        schedule(0)  # checks the settings before any work
+    schedule = _schedule(steps, warmup_steps, decay_steps, lr, min_lr)
     batches = torch.Generator().manual_seed(seed)
     history = MLMHistory()
     checkpoint = None
@@ -359,12 +366,7 @@ def pretrain_causal(model: GPT, train_ids, valid_ids=None, *, steps: int, batch_
     warmup_steps = min(100, steps // 10) if warmup_steps is None else warmup_steps
     if not (isinstance(min_lr, (int, float)) and 0 <= min_lr <= lr):
         raise ValueError(f"expected 0 <= min_lr <= lr, got min_lr={min_lr!r}, lr={lr!r}")
-    if decay_steps is None:
-        schedule = functools.partial(warmup_cosine, warmup_steps=warmup_steps, total_steps=steps, min_lr=min_lr / lr)
-    else:
-        schedule = functools.partial(warmup_stable_decay, warmup_steps=warmup_steps, total_steps=steps,
-                                     decay_steps=decay_steps, min_lr=min_lr / lr)
-    schedule(0)  # checks the settings before any work
+    schedule = _schedule(steps, warmup_steps, decay_steps, lr, min_lr)
     optimizer = configure_optimizer(model, lr, weight_decay, betas=(0.9, 0.999))
     return train(model, _check_tokens("train_ids", train_ids, model.config.block_size),
                  None if valid_ids is None else _check_tokens("valid_ids", valid_ids, model.config.block_size),
