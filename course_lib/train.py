@@ -186,6 +186,19 @@ def configure_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, 
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps)
 
 
+def _check_schedule(step, warmup_steps, total_steps, min_lr, max_lr, decay_steps: int = 0) -> None:
+    """The settings of a learning-rate schedule, checked with a message that says what was expected."""
+    for name, value in [("step", step), ("warmup_steps", warmup_steps), ("decay_steps", decay_steps)]:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+    _check_positive_int("total_steps", total_steps)
+    if warmup_steps + decay_steps > total_steps:
+        what = f"warmup_steps={warmup_steps}" + (f" + decay_steps={decay_steps}" if decay_steps else "")
+        raise ValueError(f"{what} is longer than total_steps={total_steps}")
+    if not (isinstance(min_lr, (int, float)) and isinstance(max_lr, (int, float)) and 0 <= min_lr <= max_lr):
+        raise ValueError(f"expected 0 <= min_lr <= max_lr, got min_lr={min_lr!r}, max_lr={max_lr!r}")
+
+
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int, max_lr: float = 1.0,
                   min_lr: float = 0.0) -> float:
     """The learning rate at ``step`` (0-based): a linear warm-up to ``max_lr`` over
@@ -202,14 +215,7 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int, max_lr: float 
     total_steps=steps, min_lr=0.1)``. Warm-up 1, total 3: steps 0, 1, 2, 3 give 0.5, 1,
     0.5, 0.
     """
-    for name, value in [("step", step), ("warmup_steps", warmup_steps)]:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
-    _check_positive_int("total_steps", total_steps)
-    if warmup_steps > total_steps:
-        raise ValueError(f"warmup_steps={warmup_steps} is longer than total_steps={total_steps}")
-    if not (isinstance(min_lr, (int, float)) and isinstance(max_lr, (int, float)) and 0 <= min_lr <= max_lr):
-        raise ValueError(f"expected 0 <= min_lr <= max_lr, got min_lr={min_lr!r}, max_lr={max_lr!r}")
+    _check_schedule(step, warmup_steps, total_steps, min_lr, max_lr)
     if step < warmup_steps:
         return max_lr * (step + 1) / (warmup_steps + 1)
     if step >= total_steps:
@@ -233,15 +239,7 @@ def warmup_stable_decay(step: int, warmup_steps: int, total_steps: int, decay_st
 
     Warm-up 1, total 4, decay 2: steps 0..4 give 0.5, 1, 0.5, 0, 0.
     """
-    for name, value in [("step", step), ("warmup_steps", warmup_steps), ("decay_steps", decay_steps)]:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
-    _check_positive_int("total_steps", total_steps)
-    if warmup_steps + decay_steps > total_steps:
-        raise ValueError(f"warmup_steps={warmup_steps} + decay_steps={decay_steps} is longer than "
-                         f"total_steps={total_steps}")
-    if not (isinstance(min_lr, (int, float)) and isinstance(max_lr, (int, float)) and 0 <= min_lr <= max_lr):
-        raise ValueError(f"expected 0 <= min_lr <= max_lr, got min_lr={min_lr!r}, max_lr={max_lr!r}")
+    _check_schedule(step, warmup_steps, total_steps, min_lr, max_lr, decay_steps)
     if step < warmup_steps:
         return max_lr * (step + 1) / (warmup_steps + 1)
     if step >= total_steps:
