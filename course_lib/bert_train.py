@@ -96,6 +96,14 @@ def corpus_text(split: str, max_chars: int | None = None) -> str:
 
 
 # ---------------------------------------------------------------------------- pre-training
+def _framed_windows(ids: torch.Tensor, block_size: int, batch_size: int, specials: Specials,
+                    generator: torch.Generator | None) -> torch.Tensor:
+    """``batch_size`` random windows of ``ids``, each ``[CLS]`` + ``block_size - 2`` tokens + ``[SEP]``: (B, T)."""
+    x, _ = get_batch(ids, block_size - 2, batch_size, generator)  # (B, T - 2)
+    B = x.shape[0]
+    return torch.cat([torch.full((B, 1), specials.cls), x, torch.full((B, 1), specials.sep)], dim=1)  # (B, T)
+
+
 def mlm_batch(ids: torch.Tensor, block_size: int, batch_size: int, specials: Specials, vocab_size: int,
               generator: torch.Generator | None = None, device="cpu",
               mask_prob: float = 0.15) -> tuple[torch.Tensor, torch.Tensor]:
@@ -108,9 +116,7 @@ def mlm_batch(ids: torch.Tensor, block_size: int, batch_size: int, specials: Spe
     """
     if block_size < 3:
         raise ValueError(f"block_size must be >= 3 ([CLS], a token, [SEP]), got {block_size!r}")
-    x, _ = get_batch(ids, block_size - 2, batch_size, generator)  # (B, T - 2)
-    B = x.shape[0]
-    x = torch.cat([torch.full((B, 1), specials.cls), x, torch.full((B, 1), specials.sep)], dim=1)  # (B, T)
+    x = _framed_windows(ids, block_size, batch_size, specials, generator)  # (B, T)
     inputs, labels = mask_tokens(x, vocab_size, specials.mask, specials.ids, mask_prob, generator=generator)
     return inputs.to(device), labels.to(device)
 
@@ -168,9 +174,7 @@ def neighbour_attention(model, ids, specials: Specials, block_size: int | None =
     if block_size < 4:
         raise ValueError(f"block_size must be >= 4 ([CLS], two tokens, [SEP]), got {block_size!r}")
     ids = _check_tokens("ids", ids, block_size - 1)
-    x, _ = get_batch(ids, block_size - 2, n_windows, torch.Generator().manual_seed(seed))  # (B, T - 2)
-    B = x.shape[0]
-    x = torch.cat([torch.full((B, 1), specials.cls), x, torch.full((B, 1), specials.sep)], dim=1)  # (B, T)
+    x = _framed_windows(ids, block_size, n_windows, specials, torch.Generator().manual_seed(seed))  # (B, T)
     T = x.shape[1]
     with _eval_mode(model):
         maps = attention_maps(model, x.to(_model_device(model))).float()  # (L, B, nh, T, T)
