@@ -46,7 +46,7 @@ site-deps:
 	  || echo "WARNING: could not install chromium; the site check will be skipped"; \
 	else echo "WARNING: chromium is missing and cannot be installed here; the site check will be skipped"; fi
 
-# bubblewrap, the sandbox that grading runs students' code in (course_lib.sandbox). Where
+# bubblewrap, the sandbox that grading runs students' code in (course_lib.grading.sandbox). Where
 # it cannot be installed, grading refuses to run students' code and its tests fail,
 # saying why.
 sandbox-deps:
@@ -72,7 +72,7 @@ release: setup
 # UNSANDBOXED=1 runs them without one where bubblewrap is missing (with your rights).
 autograde: setup sandbox-deps
 	@test -n "$(A)" || (echo "usage: make autograde A=ch01 [J=2] [UNSANDBOXED=1]" && exit 2)
-	$(PY) -m course_lib.autograde $(A) $(if $(J),--jobs $(J)) $(if $(UNSANDBOXED),--unsandboxed)
+	$(PY) -m course_lib.grading.autograde $(A) $(if $(J),--jobs $(J)) $(if $(UNSANDBOXED),--unsandboxed)
 
 # nbgrader_config.py keeps the source of hidden tests out of the pages.
 feedback: setup

@@ -24,13 +24,13 @@ c.ExecutePreprocessor.interrupt_on_timeout = True
 # grade cells back from the gradebook (off by default in nbgrader 0.9).
 c.OverwriteCells.add_missing_cells = True
 
-# Students' code runs in a sandbox (course_lib.sandbox: bubblewrap, no network, no view of
+# Students' code runs in a sandbox (course_lib.grading.sandbox: bubblewrap, no network, no view of
 # the course folder or the gradebook, limits on memory, CPU time, processes and output).
 # Where none can be made, grading refuses unless c.SandboxedExecute.allow_unsandboxed =
-# True (python -m course_lib.autograde --unsandboxed). Limits: c.SandboxedExecute.memory_mb,
-# cpu_seconds, processes, wall_seconds, output_mb and others (see course_lib.autograde).
+# True (python -m course_lib.grading.autograde --unsandboxed). Limits: c.SandboxedExecute.memory_mb,
+# cpu_seconds, processes, wall_seconds, output_mb and others (see course_lib.grading.autograde).
 c.Autograde.autograde_preprocessors = [
-    "course_lib.autograde.SandboxedExecute",  # in place of nbgrader's Execute
+    "course_lib.grading.autograde.SandboxedExecute",  # in place of nbgrader's Execute
     "nbgrader.preprocessors.IgnorePattern",
     "nbconvert.preprocessors.ClearMetadataPreprocessor",
     "nbgrader.preprocessors.LimitOutput",
@@ -40,10 +40,10 @@ c.Autograde.autograde_preprocessors = [
 ]
 
 # Feedback shows the visible tests, their outputs and every score, never the source of a
-# hidden test (course_lib.autograde.HideHiddenTests).
+# hidden test (course_lib.grading.autograde.HideHiddenTests).
 c.GenerateFeedback.preprocessors = [
     "nbgrader.preprocessors.GetGrades",
-    "course_lib.autograde.HideHiddenTests",
+    "course_lib.grading.autograde.HideHiddenTests",
     "nbconvert.preprocessors.CSSHTMLHeaderPreprocessor",
 ]
 

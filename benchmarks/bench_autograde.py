@@ -4,7 +4,7 @@ Builds a throwaway course (this repository's ``nbgrader_config.py`` and
 ``solutions/<chapter>``, released with ``nbgrader generate_assignment``) and hands in N
 submissions in turn: the solution (full marks), the blank release (0) and the solution
 with ``perplexity`` wrong (full marks but that part, chapter 1). It grades them in one run
-of ``python -m course_lib.autograde <chapter> --jobs J`` (what ``make autograde`` runs),
+of ``python -m course_lib.grading.autograde <chapter> --jobs J`` (what ``make autograde`` runs),
 then checks the gradebook: exactly N graded submissions, one grade per test cell each,
 every score as expected, so no grade was lost or written twice by the parallel workers.
 
@@ -117,7 +117,7 @@ def main(argv=None) -> int:
         print(f"{args.submissions} submissions of {args.chapter}, {args.jobs} worker(s), "
               f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} before", flush=True)
         start = time.perf_counter()
-        proc = run([sys.executable, "-m", "course_lib.autograde", args.chapter, "--jobs", str(args.jobs)], course)
+        proc = run([sys.executable, "-m", "course_lib.grading.autograde", args.chapter, "--jobs", str(args.jobs)], course)
         seconds = time.perf_counter() - start
         sandboxed = "each in a sandbox" in proc.stdout
         if proc.returncode != 0:
@@ -129,7 +129,7 @@ def main(argv=None) -> int:
     print(f"seconds per submission: {seconds / args.submissions:.2f}")
     reported = re.search(r"^graded \d+ submissions in .*$", proc.stdout, re.M)
     if reported:
-        print(f"(course_lib.autograde says: {reported.group(0)})")
+        print(f"(course_lib.grading.autograde says: {reported.group(0)})")
     if problems:
         print(f"GRADEBOOK CHECK FAILED: {len(problems)} problem(s)")
         for problem in problems[:20]:

@@ -35,9 +35,9 @@ One module per concept, in the order of the chapters:
 - ``course_lib.ladder``: the course ladder, bits per character on the test plays.
 - ``course_lib.pagetime``: each chapter's run time, recorded by the page and stated at its top.
 - ``course_lib.grading``: checks used by the exercises' autograded tests.
-- ``course_lib.autograde``, ``course_lib.sandbox`` and ``course_lib.sandbox_runner``:
+- ``course_lib.grading.autograde``, ``course_lib.grading.sandbox`` and ``course_lib.grading.sandbox_runner``:
   grading a class with every submission run in a bubblewrap sandbox, several at a time
-  (``python -m course_lib.autograde chNN``, ``make autograde``).
+  (``python -m course_lib.grading.autograde chNN``, ``make autograde``).
 
 Submodules are imported on demand, so ``import course_lib`` has no side effects.
 """

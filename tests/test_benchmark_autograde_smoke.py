@@ -14,7 +14,7 @@ import pytest
 
 import benchmark_scripts
 
-from course_lib.sandbox import check_sandbox
+from course_lib.grading.sandbox import check_sandbox
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,4 @@
-"""course_lib.sandbox and the pieces of course_lib.autograde, one at a time: the mounts,
+"""course_lib.grading.sandbox and the pieces of course_lib.grading.autograde, one at a time: the mounts,
 the outputs taken back, the limits enforced inside a real sandbox, the gradebook lock
 and the feedback filter. The graded classes are in test_sandbox_adversarial.py and
 test_sandbox_feedback.py.
@@ -15,9 +15,9 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook, new_output
 
-from course_lib.autograde import (GradebookLock, HideHiddenTests, find_students, gradebook_folder,
+from course_lib.grading.autograde import (GradebookLock, HideHiddenTests, find_students, gradebook_folder,
                                   handed_in_files)
-from course_lib.sandbox import Limits, _mount_args, check_sandbox, clean_output, run_notebook
+from course_lib.grading.sandbox import Limits, _mount_args, check_sandbox, clean_output, run_notebook
 
 SETTINGS = {"timeout": 20, "interrupt_on_timeout": True, "iopub_timeout": 4, "startup_timeout": 60,
             "error_on_timeout": {"ename": "CellTimeoutError", "evalue": "", "traceback": ["timeout"]}}

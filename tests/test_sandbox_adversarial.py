@@ -1,5 +1,5 @@
 """Hostile submissions, graded for real by the instructor's command
-(``python -m course_lib.autograde``, what ``make autograde`` runs), two at a time.
+(``python -m course_lib.grading.autograde``, what ``make autograde`` runs), two at a time.
 
 Attackers hand in chapter 1's solution with graded functions that do one bad thing
 first: read the solutions, the gradebook, another student's work and the instructor's
@@ -32,7 +32,7 @@ import nbformat
 import pytest
 from nbgrader.api import Gradebook
 
-from course_lib.sandbox import check_sandbox
+from course_lib.grading.sandbox import check_sandbox
 from nbgrader_course import BIN, ROOT, make_course
 
 pytestmark = pytest.mark.slow
@@ -242,7 +242,7 @@ def graded(tmp_path_factory):
     env = dict(os.environ, HOME=str(home), PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", OMP_NUM_THREADS="1")
     env.pop("COURSE_FAST", None)
     start = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "course_lib.autograde", A, "--jobs", "2",
+    proc = subprocess.run([sys.executable, "-m", "course_lib.grading.autograde", A, "--jobs", "2",
                            "--cell-timeout", str(CELL_TIMEOUT), "--wall-seconds", "240"],
                           cwd=course, env=env, capture_output=True, text=True, timeout=900)
     seconds = time.monotonic() - start

@@ -14,7 +14,7 @@ import sys
 import nbformat
 import pytest
 
-from course_lib.sandbox import check_sandbox
+from course_lib.grading.sandbox import check_sandbox
 from nbgrader_course import BIN, ROOT, make_course, nbgrader
 
 pytestmark = pytest.mark.slow
@@ -74,7 +74,7 @@ def feedback(tmp_path_factory):
         nbformat.write(nb, folder / f"{A}.ipynb")
     env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", OMP_NUM_THREADS="1")
     env.pop("COURSE_FAST", None)
-    graded = subprocess.run([sys.executable, "-m", "course_lib.autograde", A, "--jobs", "2"], cwd=course, env=env,
+    graded = subprocess.run([sys.executable, "-m", "course_lib.grading.autograde", A, "--jobs", "2"], cwd=course, env=env,
                             capture_output=True, text=True, timeout=600)
     assert graded.returncode == 0, (graded.stdout + graded.stderr)[-3000:]
     made = nbgrader(course, "generate_feedback", A, "--force")

@@ -36,7 +36,7 @@ def without_bwrap(course, *args):
 
 
 def test_the_command_refuses_and_says_why(course):
-    proc = without_bwrap(course, sys.executable, "-m", "course_lib.autograde", A)
+    proc = without_bwrap(course, sys.executable, "-m", "course_lib.grading.autograde", A)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     for words in ("refusing to grade", "bubblewrap (bwrap) is not installed", "apt-get install bubblewrap",
                   "could read the solutions and the gradebook", "--unsandboxed"):
@@ -45,7 +45,7 @@ def test_the_command_refuses_and_says_why(course):
 
 
 def test_the_check_says_so(course):
-    proc = without_bwrap(course, sys.executable, "-m", "course_lib.autograde", A, "--check")
+    proc = without_bwrap(course, sys.executable, "-m", "course_lib.grading.autograde", A, "--check")
     assert proc.returncode == 2 and "sandbox: NOT available: bubblewrap (bwrap) is not installed" in proc.stdout
 
 
@@ -58,7 +58,7 @@ def test_plain_nbgrader_refuses_too(course):
 
 
 def test_the_flag_runs_it_anyway_and_warns(course):
-    proc = without_bwrap(course, sys.executable, "-m", "course_lib.autograde", A, "--unsandboxed")
+    proc = without_bwrap(course, sys.executable, "-m", "course_lib.grading.autograde", A, "--unsandboxed")
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     assert "WARNING: grading WITHOUT a sandbox" in proc.stderr
     assert "each in a sandbox" not in proc.stdout

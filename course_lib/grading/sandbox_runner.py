@@ -1,13 +1,13 @@
-"""Runs one notebook inside the grading sandbox; started by ``course_lib.sandbox``.
+"""Runs one notebook inside the grading sandbox; started by ``course_lib.grading.sandbox``.
 
-``python -I -m course_lib.sandbox_runner [--uid N] [--probe]``: reads
+``python -I -m course_lib.grading.sandbox_runner [--uid N] [--probe]``: reads
 ``{"notebook", "files", "settings"}`` as JSON on stdin and writes one JSON line per
 executed cell on stdout (``{"event": "cell", "index", "execution_count", "outputs"}``),
 then ``{"event": "done"}``. Nothing here is trusted by the grader: it rebuilds every
 output it takes from these lines.
 
 Order of events, before any student code runs: drop to ``--uid`` (when started as root),
-no_new_privs, limits (``course_lib.sandbox.Limits``), the protocol moved to a private file
+no_new_privs, limits (``course_lib.grading.sandbox.Limits``), the protocol moved to a private file
 descriptor (the kernel's stdout and stdin are /dev/null), the working folder written.
 Then the cells run one by one in a kernel, as nbgrader's Execute runs them (cell
 timeout, interrupt, the timeout's error output). Two things go further:
@@ -242,6 +242,8 @@ def main(argv: list[str]) -> int:
     os.makedirs(settings["home"], exist_ok=True)
     write_files(settings["workdir"], payload.get("files", {}))
     os.chdir(settings["workdir"])
+    if settings.get("grading_cases"):  # the case inputs of this run, for course_lib.grading.kernel
+        os.environ["COURSE_GRADING_CASES"] = os.path.join(settings["workdir"], settings["grading_cases"])
     set_limits(settings["limits"], settings["sandboxed"])
 
     import nbformat

@@ -6,7 +6,7 @@ side only sends the notebook in and takes cell outputs back:
 
     trusted grader (nbgrader, the gradebook)        sandbox (bwrap)
     ----------------------------------------        -----------------------------------
-    notebook with the tests put back  --stdin-->    course_lib.sandbox_runner
+    notebook with the tests put back  --stdin-->    course_lib.grading.sandbox_runner
                                                       a kernel, run cell by cell (nbclient)
     checks and caps every output  <--stdout--        one JSON line per cell, then "done"
     writes the grades (SaveAutoGrades)
@@ -20,6 +20,7 @@ talk. What the sandbox sees (``bwrap_command``):
   /tmp/work and HOME /tmp/home, the only places it can write;
 - empty folders over the course folder (solutions/, submitted/, autograded/, the
   gradebook), the folder of the gradebook, the checkout course_lib was installed from,
+  ``course_lib/grading/refs`` (how the grader computes expected values),
   the instructor's HOME, /home, /root, /run, /srv, /mnt, /media, /opt, /var/tmp and any
   folders named in ``hidden``; then, read-only, just what Python needs back: the
   interpreter, the virtual environment and the course_lib package.
@@ -133,6 +134,7 @@ def hidden_paths(course_root: str | os.PathLike | None, extra=()) -> list[Path]:
     home = os.environ.get("HOME")
     if home:
         paths.append(Path(home))
+    paths.append(Path(course_lib.__file__).resolve().parent / "grading" / "refs")  # how expected values are made
     paths.extend(Path(p) for p in extra)
     resolved = []
     for p in paths:
@@ -200,7 +202,7 @@ def bwrap_command(limits: Limits, course_root=None, hidden=(), runner_args=()) -
         raise SandboxUnavailable(f"bubblewrap (bwrap) is not installed: {INSTALL_HINT}")
     args = [bwrap, "--die-with-parent", "--new-session", "--unshare-pid", "--unshare-net", "--unshare-ipc",
             "--unshare-uts", "--unshare-cgroup-try"]
-    runner = [sys.executable, "-I", "-m", "course_lib.sandbox_runner"]
+    runner = [sys.executable, "-I", "-m", "course_lib.grading.sandbox_runner"]
     if _as_root():  # privileged bwrap; the runner drops to an unused uid at once
         args += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
         runner += ["--uid", str(UID_BASE + os.getpid())]
@@ -325,7 +327,7 @@ def run_notebook(nb: dict, settings: dict, limits: Limits, *, files: dict[str, b
     else:
         scratch = tempfile.mkdtemp(prefix="course-grading-")
         workdir = os.path.join(scratch, "work")
-        cmd = [sys.executable, "-I", "-m", "course_lib.sandbox_runner"]
+        cmd = [sys.executable, "-I", "-m", "course_lib.grading.sandbox_runner"]
     payload = json.dumps({
         "notebook": nb,
         "files": {name: base64.b64encode(data).decode() for name, data in (files or {}).items()},

@@ -1,14 +1,14 @@
 """Grading a class without trusting any student: nbgrader, with every submission run in
 a sandbox, several at a time, and feedback that keeps the hidden tests hidden.
 
-``python -m course_lib.autograde ch01`` (what ``make autograde A=ch01`` runs) grades
+``python -m course_lib.grading.autograde ch01`` (what ``make autograde A=ch01`` runs) grades
 every ``submitted/<student>/ch01/`` of the course folder:
 
 - ``SandboxedExecute`` replaces nbgrader's Execute step (``nbgrader_config.py`` names
   it, so plain ``nbgrader autograde`` and the formgrader use it too). nbgrader still
   restores the tests from the gradebook before, and scores the outputs and writes the
   grades after, outside the sandbox; only the execution moves into it
-  (``course_lib.sandbox``: bubblewrap, read-only root, private /tmp, no network, no
+  (``course_lib.grading.sandbox``: bubblewrap, read-only root, private /tmp, no network, no
   course folder, limits). Where the sandbox cannot run it refuses, unless the
   instructor allows it (``--unsandboxed``, ``SandboxedExecute.allow_unsandboxed``).
 - Submissions are graded by ``--jobs`` worker processes (the machine's cores by
@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import fcntl
 import glob
+import json
 import os
 import re
 import sys
@@ -42,8 +43,9 @@ from nbgrader import utils
 from nbgrader.preprocessors import ClearHiddenTests, Execute
 from traitlets import Bool, Integer, List, Unicode
 
-from course_lib import sandbox
-from course_lib.sandbox import Limits, SandboxUnavailable, check_sandbox, run_notebook
+from course_lib.grading import sandbox, verdict
+from course_lib.grading.kernel import cases_module
+from course_lib.grading.sandbox import Limits, SandboxUnavailable, check_sandbox, run_notebook
 
 __all__ = ["GradebookLock", "HideHiddenTests", "SandboxedExecute", "main"]
 
@@ -99,7 +101,7 @@ def gradebook_folder(db_url: str, course_root: str) -> str:
 
 
 class SandboxedExecute(Execute):
-    """nbgrader's Execute step, run in ``course_lib.sandbox`` (the cell timeout and
+    """nbgrader's Execute step, run in ``course_lib.grading.sandbox`` (the cell timeout and
     interrupt settings of Execute / ExecutePreprocessor apply as before)."""
 
     memory_mb = Integer(Limits.memory_mb, help="address space of each process, MB").tag(config=True)
@@ -126,7 +128,7 @@ class SandboxedExecute(Execute):
         if reason and not self.allow_unsandboxed:
             raise SandboxUnavailable(
                 f"refusing to run students' code without a sandbox: {reason}. To grade anyway, with the "
-                "submissions running under your own account, pass --unsandboxed to python -m course_lib.autograde "
+                "submissions running under your own account, pass --unsandboxed to python -m course_lib.grading.autograde "
                 "(make autograde A=... UNSANDBOXED=1) or set c.SandboxedExecute.allow_unsandboxed = True")
         if reason:
             self.log.warning("grading WITHOUT a sandbox (%s): the submission runs with your rights", reason)
@@ -136,8 +138,13 @@ class SandboxedExecute(Execute):
         settings = {"timeout": self.timeout, "interrupt_on_timeout": self.interrupt_on_timeout,
                     "error_on_timeout": self.error_on_timeout, "iopub_timeout": self.iopub_timeout,
                     "startup_timeout": self.startup_timeout}
+        chapter = resources.get("nbgrader", {}).get("assignment")
+        grading = trusted_cases(chapter)
         with GradebookLock.let_go():
             files = handed_in_files(folder, self._submitted_folder(resources), self.log)
+            if grading:
+                files[CASES_FILE] = grading[0]
+                settings["grading_cases"] = CASES_FILE
             result = run_notebook(nb, settings, self.limits(), files=files, course_root=os.getcwd(),
                                   hidden=hidden, sandboxed=not reason)
         student = resources.get("nbgrader", {}).get("student", "?")
@@ -155,6 +162,8 @@ class SandboxedExecute(Execute):
                 why = result.stopped or "no result came back for it"
                 cell.outputs = [nbformat.from_dict(sandbox_error(f"this cell did not run: {why}"))] \
                     if cell.source.strip() else []
+        if grading:
+            verdict.apply_verdicts(nb, chapter, grading[1], grading[2], self.log)
         return nb, resources
 
     def _submitted_folder(self, resources) -> str | None:
@@ -164,6 +173,28 @@ class SandboxedExecute(Execute):
         if coursedir is None or "student" not in info:
             return None
         return coursedir.format_path(coursedir.submitted_directory, info["student"], info["assignment"])
+
+
+CASES_FILE = ".course_grading_cases.json"  # the case inputs, in the sandbox's working folder
+_trusted: dict = {}
+
+
+def trusted_cases(chapter: str | None):
+    """(the cases file's bytes, the cases, the expected values) for grading ``chapter``,
+    made once per grading process; None for an assignment with no cases in
+    ``course_lib.grading.cases`` (nbgrader then scores its test cells' outputs as usual)."""
+    if not chapter or not re.fullmatch(r"ch\d\d", chapter):
+        return None
+    try:
+        verdict.refs_module(chapter)
+        cases_module(chapter)
+    except ModuleNotFoundError:
+        return None
+    key = (chapter, verdict.grading_seed(), os.environ.get(verdict.PRIVATE_ENV))
+    if key not in _trusted:
+        cases = verdict.build_cases(chapter, key[1])
+        _trusted[key] = (json.dumps(cases, allow_nan=False).encode(), cases, verdict.expected_values(chapter, cases))
+    return _trusted[key]
 
 
 def handed_in_files(folder: str, submitted: str | None, log=None) -> dict[str, bytes]:
@@ -328,7 +359,7 @@ def find_students(assignment: str, only: list[str] | None) -> tuple[list[str], d
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="python -m course_lib.autograde", description=(
+    p = argparse.ArgumentParser(prog="python -m course_lib.grading.autograde", description=(
         "Grade every submission of an assignment with nbgrader, each run in a sandbox (bubblewrap), "
         "several at a time. Run it in the course folder (where nbgrader_config.py is)."))
     p.add_argument("assignment", nargs="?", help="the assignment, e.g. ch01")
@@ -438,6 +469,6 @@ def report(assignment: str, status: dict, db_url: str) -> None:
 
 
 if __name__ == "__main__":
-    from course_lib.autograde import main as _main  # the workers find their functions under this name
+    from course_lib.grading.autograde import main as _main  # the workers find their functions under this name
 
     sys.exit(_main())
