@@ -65,8 +65,12 @@ test: setup site-deps sandbox-deps
 lab: setup
 	$(BIN)/jupyter lab
 
+# An instructor's private tests and solutions (COURSE_PRIVATE=/path/to/private; see the
+# instructors page) replace the public ones at release and when grading.
+PRIVATE_SOURCE := $(if $(wildcard $(COURSE_PRIVATE)/solutions),--CourseDirectory.source_directory=$(abspath $(COURSE_PRIVATE)/solutions))
+
 release: setup
-	@for a in $(CHAPTERS); do $(BIN)/nbgrader generate_assignment $$a --force || exit 1; done
+	@for a in $(CHAPTERS); do $(BIN)/nbgrader generate_assignment $$a --force $(PRIVATE_SOURCE) || exit 1; done
 
 # Every submission runs in a sandbox, J of them at a time (default: one per core);
 # UNSANDBOXED=1 runs them without one where bubblewrap is missing (with your rights).

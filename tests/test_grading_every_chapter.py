@@ -1,19 +1,51 @@
-"""For every exercise, graded for real by nbgrader: the solution scores full marks, and
-both the blank release and a cheat (every graded function returns an object that equals
-everything) score 0 on every graded cell. Chapter 1's pipeline tests go further."""
+"""Every exercise, graded for real by the instructor's command (``python -m
+course_lib.grading.autograde``, in the sandbox): the solution scores full marks, the
+blank release 0 on every part, and a cheater 0 on every part it cheats on.
+
+The cheater uses only generic tricks, which need no knowledge of the exercise. Its first
+cell replaces the comparison functions of numpy, math and torch and the guards of
+course_lib.grading with ones that pass everything; then each graded function but the last
+does one of: read the test's variables up the call stack, return an object that equals
+everything, call ``sys.exit()``, loop forever; two of those parts also have their test cell
+deleted or edited to ``pass``. Its last part is the honest solution, which must keep its
+full marks: what the cheater replaced changes no verdict."""
 
 import json
+import os
 import re
+import subprocess
+import sys
 
 import nbformat
 import pytest
 from nbgrader.api import Gradebook
 
-from nbgrader_course import ROOT, chapters, make_course, nbgrader
+from course_lib.grading.sandbox import check_sandbox
+from nbgrader_course import BIN, ROOT, chapters, make_course
 
 pytestmark = pytest.mark.slow
 
-ANYTHING = """class Anything:
+CELL_TIMEOUT = 10
+
+REPLACE = '''import math, sys
+import numpy, torch
+import course_lib.grading.guard as _guard
+from contextlib import nullcontext as _nullcontext
+
+def _yes(*args, **kwargs):
+    return True
+
+def _nothing(*args, **kwargs):
+    return None
+
+numpy.allclose = numpy.array_equal = numpy.isclose = math.isclose = _yes
+numpy.testing.assert_allclose = numpy.testing.assert_array_equal = torch.testing.assert_close = _nothing
+torch.allclose = torch.equal = _yes
+_guard.no_course_lib = lambda *a, **k: _nullcontext()
+_guard.switched_off = lambda *a, **k: _nullcontext()
+
+
+class Anything:
     def __eq__(self, other):
         return True
 
@@ -23,38 +55,101 @@ ANYTHING = """class Anything:
     __hash__ = object.__hash__
 
 
-"""
+def _from_the_caller(*args, **kwargs):
+    frame = sys._getframe(1)
+    while frame is not None:
+        for name in ("expected", "want", "reference", "target", "answer", "ref", "result", "value"):
+            if name in frame.f_locals:
+                return frame.f_locals[name]
+        frame = frame.f_back
+    return None
+
+
+'''
+
+BODIES = {
+    "frames": "    return _from_the_caller()\n",
+    "anything": "    return Anything()\n",
+    "exit": "    sys.exit(0)\n",
+    "loop": "    while True:\n        pass\n",
+}
+
+
+def solution_cells(nb):
+    return [c for c in nb.cells if c.cell_type == "code" and c.metadata.get("nbgrader", {}).get("solution")]
+
+
+def test_cells(nb):
+    return [c for c in nb.cells if c.cell_type == "code" and c.metadata.get("nbgrader", {}).get("grade")
+            and not c.metadata["nbgrader"].get("solution")]
 
 
 def cheat(nb):
-    """Every solution cell's function now returns Anything()."""
-    for cell in nb.cells:
-        if cell.metadata.get("nbgrader", {}).get("solution"):
-            header = re.search(r"^def \w+\(.*\):$", cell.source, re.M)
-            assert header, cell.source
-            cell.source = ANYTHING + header.group(0) + "\n    return Anything()\n"
-    return nb
+    """The cheater (see the module docstring); returns the notebook and the grade_ids of
+    the test cells it cheats on."""
+    graded = solution_cells(nb)
+    tests = test_cells(nb)
+    kinds = list(BODIES)
+    cheated = []
+    for i, cell in enumerate(graded[:-1]):
+        header = re.search(r"^(def \w+\(.*\):|class \w+.*:)$", cell.source, re.M)
+        assert header, cell.source
+        kind = kinds[i % len(kinds)]
+        if header.group(0).startswith("class"):  # a class: every method cheats the same way
+            methods = re.findall(r"^    def \w+\(.*\):$", cell.source, re.M)
+            cell.source = header.group(0) + "\n" + "".join(m + "\n" + "    " + BODIES[kind].replace("\n    ", "\n        ")
+                                                          for m in methods)
+        else:
+            cell.source = header.group(0) + "\n" + BODIES[kind]
+        cheated.append(cell.metadata["nbgrader"]["grade_id"])
+    graded[0].source = REPLACE + graded[0].source
+    # which test cell grades which function: the one after it
+    order = [c.metadata.get("nbgrader", {}).get("grade_id") for c in nb.cells]
+    grade_of = {}
+    for gid in cheated:
+        after = [t for t in tests if order.index(t.metadata["nbgrader"]["grade_id"]) > order.index(gid)]
+        grade_of[gid] = after[0].metadata["nbgrader"]["grade_id"]
+    targets = [grade_of[g] for g in cheated]
+    if len(targets) >= 2:
+        edited = next(t for t in tests if t.metadata["nbgrader"]["grade_id"] == targets[0])
+        edited.source = "pass"
+        nb.cells = [c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") != targets[1]]
+    return nb, set(targets)
 
 
 @pytest.mark.parametrize("chapter", chapters())
-def test_solution_full_blank_zero(chapter, tmp_path):
+def test_solution_full_blank_and_cheats_zero(chapter, tmp_path):
+    reason = check_sandbox()
+    if reason:
+        pytest.fail(f"the grading sandbox does not work here: {reason}")
     course = make_course(tmp_path, chapter)
     source = ROOT / "solutions" / chapter / f"{chapter}.ipynb"
     points = {c["metadata"]["nbgrader"]["grade_id"]: c["metadata"]["nbgrader"]["points"]
               for c in json.loads(source.read_text())["cells"]
-              if c["metadata"].get("nbgrader", {}).get("grade")}
+              if c["metadata"].get("nbgrader", {}).get("grade") and not c["metadata"]["nbgrader"].get("solution")}
     assert len(points) >= 4
     release = course / "exercises" / chapter / f"{chapter}.ipynb"
+    cheater, cheated = cheat(nbformat.read(source, as_version=4))
+    assert len(cheated) == len(points) - 1
     submissions = {"solution": nbformat.read(source, as_version=4), "blank": nbformat.read(release, as_version=4),
-                   "cheat": cheat(nbformat.read(source, as_version=4))}
+                   "cheater": cheater}
     for student, nb in submissions.items():
         folder = course / "submitted" / student / chapter
         folder.mkdir(parents=True)
         nbformat.write(nb, folder / f"{chapter}.ipynb")
-    proc = nbgrader(course, "autograde", chapter, "--force")
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", OMP_NUM_THREADS="1")
+    env.pop("COURSE_FAST", None)
+    proc = subprocess.run([sys.executable, "-m", "course_lib.grading.autograde", chapter, "--jobs", "2",
+                           "--cell-timeout", str(CELL_TIMEOUT)], cwd=course, env=env, capture_output=True,
+                          text=True, timeout=900)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-3000:]
     with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gb:
-        for grade_id, full in points.items():
-            assert gb.find_grade(grade_id, chapter, chapter, "solution").score == full, grade_id
-            assert gb.find_grade(grade_id, chapter, chapter, "blank").score == 0, grade_id
-            assert gb.find_grade(grade_id, chapter, chapter, "cheat").score == 0, grade_id
+        scores = {s: {g: gb.find_grade(g, chapter, chapter, s).score for g in points} for s in submissions}
+    assert scores["solution"] == points, log[-3000:]
+    assert scores["blank"] == dict.fromkeys(points, 0)
+    assert scores["cheater"] == {g: 0 if g in cheated else p for g, p in points.items()}, (
+        scores["cheater"], (course / "autograded" / "cheater" / chapter / f"{chapter}.ipynb").read_text()[-6000:])
+    report = (course / "autograded" / f"{chapter}-similarity.md").read_text()
+    assert re.search(r"\| solution \| \S+ \| solutions \| \d+% \|.*FLAG", report), report
+    assert re.search(r"\| cheater \| .*reads the caller's frames.*FLAG", report), report

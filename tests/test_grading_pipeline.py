@@ -1,12 +1,15 @@
 """The grading pipeline, run for real: nbgrader autograde over a class of submissions,
 scores read back from the gradebook.
 
-One class, graded in one run of the instructor's command (`make autograde A=ch01` runs
-`nbgrader autograde ch01 --force`): the solution scores full marks; the blank release
-scores 0 on every graded cell (every test can fail); an infinite loop loses only its own
-part; edited and deleted test cells are restored; objects that equal everything and code
-that calls course_lib earn nothing; a file that is not JSON is reported while the rest of
-the class is still graded.
+One class, graded in one run of nbgrader's own command (`nbgrader autograde ch01
+--force`, which the course's configuration points at the sandbox and the grader's
+verdicts): the solution scores full marks; the blank release scores 0 on every graded
+cell (every test can fail); an infinite loop loses only its own part; edited and deleted
+test cells are restored; objects that equal everything and code that calls course_lib
+earn nothing; a part wrong on some cases earns its share of the others; a bug in Part 1
+costs Part 1 only; code that hands out forged results earns only the cases whose answers
+it already knew (the visible ones); a kernel that dies loses the part it died in; a file
+that is not JSON is reported while the rest of the class is still graded.
 """
 
 import json
@@ -16,6 +19,7 @@ import nbformat
 import pytest
 from nbgrader.api import Gradebook
 
+from course_lib.grading import compare, plain, verdict
 from nbgrader_course import ROOT, make_course, nbgrader
 
 pytestmark = pytest.mark.slow
@@ -38,6 +42,31 @@ def replace_function(nb, name, body):
 
 def cell_index(nb, grade_id):
     return next(i for i, c in enumerate(nb.cells) if c.metadata.get("nbgrader", {}).get("grade_id") == grade_id)
+
+
+CASES = verdict.build_cases(A, 0)["parts"]  # the seed the grader uses when none is set
+EXPECTED = verdict.expected_values(A, {"parts": CASES})
+
+
+def share(part, passing):
+    """The points of ``part``'s test cell for the cases ``passing`` selects."""
+    cases = CASES[part]
+    return round(POINTS[f"test_{part}"] * sum(map(passing, cases)) / len(cases), 4)
+
+
+def right_by(part, function):
+    """A predicate on ``part``'s cases: ``function`` (a copy of a submission's code, run here)
+    gets the case right, as the grader would judge it."""
+    ref = verdict.refs_module(A).REFS[part]
+
+    def passing(case):
+        value = plain.decode(plain.encode(function(*plain.native(plain.decode(case["args"])))))
+        return compare.same(value, EXPECTED[part][case["name"]], ref.rtol, ref.atol) is None
+    return passing
+
+
+def empty_corpus(case):
+    return case["args"] == {"$tuple": [[], 3]}
 
 
 SUBMISSIONS = {}
@@ -73,7 +102,8 @@ def _tamper(solution, release):
     replace_function(solution, "add_k_prob", "def add_k_prob(counts, word, context, k, vocab_size):\n    return 0.5\n")
     solution.cells[cell_index(solution, "test_mle_prob")].source = "pass"
     del solution.cells[cell_index(solution, "test_add_k_prob")]
-    return solution, FULL | {"test_mle_prob": 0, "test_add_k_prob": 0}
+    right_by_chance = {p: share(p, lambda c: EXPECTED[p][c["name"]] == 0.5) for p in ("mle_prob", "add_k_prob")}
+    return solution, FULL | {f"test_{p}": v for p, v in right_by_chance.items()}
 
 
 CHEATS = '''
@@ -119,7 +149,78 @@ def _delegate(solution, release):
         "    grams = {tuple(p[i:i + n]) for s in sentences for p in [pad_sentence(list(s), n)]\n"
         "             for i in range(len(p) - n + 1)}\n"
         "    return {g: lm.count(g) for g in grams}\n"))
-    return solution, FULL | {"test_count_ngrams": 0}
+    # only the empty corpus, answered without course_lib, earns its case
+    return solution, FULL | {"test_count_ngrams": share("count_ngrams", empty_corpus)}
+
+
+@submission("partial")
+def _partial(solution, release):
+    # forgets that an empty list has no perplexity: wrong on that case only
+    replace_function(solution, "perplexity", (
+        "def perplexity(probs):\n"
+        "    probs = list(probs)\n"
+        "    if any(p == 0 for p in probs):\n"
+        "        return math.inf\n"
+        "    return float(2 ** (-sum(math.log2(p) for p in probs) / max(len(probs), 1)))\n"))
+    return solution, FULL | {"test_perplexity": share("perplexity", lambda c: c["args"] != {"$tuple": [[]]})}
+
+
+@submission("cascade")
+def _cascade(solution, release):
+    # Part 1 is wrong (no padding); the parts built on counts still get theirs
+    code = ("def count_ngrams(sentences, n):\n"
+            "    counts = {}\n"
+            "    for s in sentences:\n"
+            "        for i in range(len(s) - n + 1):\n"
+            "            g = tuple(s[i:i + n])\n"
+            "            counts[g] = counts.get(g, 0) + 1\n"
+            "    return counts\n")
+    replace_function(solution, "count_ngrams", code)
+    here = {}
+    exec(code, here)
+    lucky = right_by("count_ngrams", here["count_ngrams"])  # unigrams need no padding, nor does an empty corpus
+    return solution, FULL | {"test_count_ngrams": share("count_ngrams", lucky)}
+
+
+FORGER = """
+import json
+import course_lib.grading.kernel as kernel
+from IPython.display import display
+
+KNOWN = {"uniform over 4": 4.0, "2 ** ((1 + 3) / 2)": 4.0, "a zero probability": {"$float": "inf"}}
+
+
+def forged_check_part(chapter, name, namespace):
+    if name != "perplexity":
+        return real_check_part(chapter, name, namespace)
+    with open(os.environ["COURSE_GRADING_CASES"]) as f:  # every case's name and inputs are here
+        cases = json.load(f)["parts"][name]
+    results = [{"case": c["name"], "value": KNOWN.get(c["name"], 2.0)} for c in cases]
+    display({kernel.RESULTS_MIME: json.dumps({"chapter": chapter, "part": name, "results": results})}, raw=True)
+
+
+import os
+real_check_part = kernel.check_part
+kernel.check_part = forged_check_part
+
+
+"""
+
+
+@submission("forger")
+def _forger(solution, release):
+    # hands out made-up results for perplexity: only the answers it knew in advance count
+    cell = next(c for c in solution.cells if c.metadata.get("nbgrader", {}).get("grade_id") == "perplexity")
+    cell.source = FORGER + "def perplexity(probs):\n    return 2.0\n"
+    return solution, FULL | {"test_perplexity": share("perplexity", lambda c: c["name"] in (
+        "uniform over 4", "2 ** ((1 + 3) / 2)", "a zero probability"))}
+
+
+@submission("crash")
+def _crash(solution, release):
+    # the kernel dies in the last part: it scores 0, the parts before keep theirs
+    replace_function(solution, "sample_next", "import os\n\ndef sample_next(distribution, u):\n    os._exit(1)\n")
+    return solution, FULL | {"test_sample_next": 0}
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +252,7 @@ def graded(tmp_path_factory):
 @pytest.mark.parametrize("student", list(SUBMISSIONS))
 def test_scores_per_part(graded, student):
     _, _, log, expected, scores, _ = graded
-    assert scores[student] == expected[student], f"{student}: {scores[student]}\n{log[-3000:]}"
+    assert scores[student] == pytest.approx(expected[student], abs=1e-3), f"{student}: {scores[student]}\n{log[-3000:]}"
 
 
 def test_totals(graded):
@@ -159,7 +260,8 @@ def test_totals(graded):
     assert totals["solution"] == (11.0, 11.0)
     assert totals["blank"] == (0.0, 11.0)
     for student, parts in expected.items():
-        assert totals[student] == (sum(parts.values()), 11.0), student
+        assert totals[student][0] == pytest.approx(sum(parts.values()), abs=1e-3), student
+        assert totals[student][1] == 11.0
 
 
 def test_broken_file_is_reported_and_the_class_still_graded(graded):
@@ -189,7 +291,7 @@ def test_restored_tests_ran_for_the_tamperer(graded):
         assert gid in by_id, f"{gid} was not put back"
         # a deleted cell comes back with a comment from nbgrader on top
         assert "".join(by_id[gid]["source"]).endswith(original_src[gid])
-        assert "AssertionError" in json.dumps(by_id[gid]["outputs"])
+        assert "FAILED" in json.dumps(by_id[gid]["outputs"])
 
 
 def test_delegation_is_named_in_the_feedback(graded):

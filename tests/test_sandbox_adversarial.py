@@ -33,6 +33,7 @@ import pytest
 from nbgrader.api import Gradebook
 
 from course_lib.grading.sandbox import check_sandbox
+from course_lib.grading.verdict import PRINTED
 from nbgrader_course import BIN, ROOT, make_course
 
 pytestmark = pytest.mark.slow
@@ -153,8 +154,15 @@ def with_attack(source, name, attack, fill):
 
 
 def printed(outputs_json):
-    """What a cell printed (its streams), without the source quoted in tracebacks."""
-    return "".join("".join(o["text"]) for o in json.loads(outputs_json) if o["output_type"] == "stream")
+    """What a cell printed (its streams, and what the grader kept of them for the
+    instructor), without the source quoted in tracebacks."""
+    out = []
+    for o in json.loads(outputs_json):
+        if o["output_type"] == "stream":
+            out.append("".join(o["text"]))
+        elif o["output_type"] == "display_data" and o.get("metadata", {}).get(PRINTED):
+            out.append("".join(o["data"]["text/plain"]))
+    return "".join(out)
 
 
 def solution_cell(nb, grade_id):
@@ -293,7 +301,7 @@ def test_nothing_secret_was_read(graded):
     for sign in (graded["canary"], "SQLite format", '\\"schema_version\\": 3', "LEAK", "root:"):
         assert sign not in text, sign
     out = printed(graded["outputs"]["snoop"]["test_count_ngrams"])
-    assert out.count("DENIED") == len(graded["secrets"]), out[:3000]  # every read was tried, and refused
+    assert all(f"DENIED {path} " in out for path in graded["secrets"]), out[:3000]  # every read tried, refused
 
 
 def test_nothing_was_written_and_nothing_connected(graded):

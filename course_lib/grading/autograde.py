@@ -16,14 +16,21 @@ every ``submitted/<student>/ch01/`` of the course folder:
   gradebook's folder while nbgrader reads or writes it and lets it go while the notebook
   runs: gradebook work is serial, execution is parallel, and each submission is handed
   to exactly one worker.
-- ``HideHiddenTests`` is a feedback step (``nbgrader generate_feedback``): it takes the
-  hidden-test regions out of the test cells shown to the student and turns a failure
-  there into "a hidden test failed", and removes any line of a hidden test wherever it
-  appears in an output (a submission's code runs in the same kernel as the tests and
-  could print them). Visible tests, their outputs and every score stay.
-
-A submission can still fool its own grade, as with nbgrader alone; the sandbox protects
-the instructor's files, the gradebook and the other students.
+- Scores are verdicts of the grader, not of the notebook: before the run,
+  ``trusted_cases`` writes every case's inputs (visible and hidden, drawn from the
+  grading seed) into the sandbox's working folder; the test cells hand the results back
+  as plain data; after it, ``verdict.apply_verdicts`` compares them with expected values
+  computed here and gives each test cell its report and partial credit. Nothing a
+  submission does in its kernel (reading the test's variables, replacing numpy's or
+  course_lib's functions, objects that equal everything) reaches an expected value or a
+  comparison.
+- ``HideHiddenTests`` is a feedback step (``nbgrader generate_feedback``): it drops what
+  a test cell printed while graded (a submission could print hidden inputs there),
+  takes hidden-test regions out of any test cell written the nbgrader way and removes
+  their lines wherever they appear in an output. The per-case report and every score
+  stay.
+- ``main`` also writes ``autograded/<assignment>-similarity.md``, the copy report
+  (``course_lib.grading.similarity``).
 """
 
 from __future__ import annotations
@@ -232,6 +239,7 @@ def sandbox_error(message: str) -> dict:
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _FRAME = re.compile(r"Cell In\[(\d+)\], line (\d+)")
 SHOWN_INSTEAD = "# hidden tests ran here; they are not shown"
+OWN_OUTPUTS = "[the outputs of your own cells are not shown in feedback; your notebook has them]\n"
 
 
 class HideHiddenTests(ClearHiddenTests):
@@ -254,6 +262,8 @@ class HideHiddenTests(ClearHiddenTests):
         return lines, hidden
 
     def preprocess(self, nb, resources):
+        import nbformat
+
         secret, shown = set(), set()  # lines of hidden tests; lines in sight anyway
         for cell in nb.cells:
             if cell.cell_type == "code":
@@ -261,8 +271,17 @@ class HideHiddenTests(ClearHiddenTests):
                 for number, line in enumerate(lines, 1):
                     (secret if number in hidden else shown).add(line.strip())
         secret = {s for s in secret - shown if len(s) >= self.min_line}
+        # Graded by verdicts (test cells restored from the gradebook call check_part): the
+        # student's own cells could print the hidden cases' inputs while graded, so the page
+        # shows the test cells' reports and no output of any other cell.
+        verdicts = any(c.cell_type == "code" and utils.is_grade(c) and "check_part(" in c.source for c in nb.cells)
         for cell in nb.cells:
             if cell.cell_type != "code":
+                continue
+            # what a test cell printed while graded stays with the instructor (verdict.apply_verdicts)
+            cell.outputs = [o for o in cell.outputs if not o.get("metadata", {}).get(verdict.PRINTED)]
+            if verdicts and cell.outputs and not (utils.is_grade(cell) and not utils.is_solution(cell)):
+                cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text=OWN_OUTPUTS)]
                 continue
             lines, hidden = self.split(cell.source) if utils.is_grade(cell) else (cell.source.split("\n"), set())
             if hidden:
@@ -405,7 +424,16 @@ def main(argv=None) -> int:
         print(f"no submissions found in {course}/submitted/*/{args.assignment}/", file=sys.stderr)
         return 2
 
+    db_url = _db_url(course)
+    if not released(db_url, args.assignment):
+        print(f"{args.assignment} has not been released in this course's gradebook: run `make release` first "
+              f"(nbgrader generate_assignment {args.assignment}), then grade.", file=sys.stderr)
+        return 2
+
     overrides = [] if args.verbose else ["--log-level=WARN"]
+    private = os.environ.get(verdict.PRIVATE_ENV)
+    if private and Path(private, "solutions").is_dir():  # an instructor's private tests and solutions
+        overrides.append(f"--CourseDirectory.source_directory={Path(private, 'solutions').resolve()}")
     if reason:
         overrides.append("--SandboxedExecute.allow_unsandboxed=True")
     if args.cell_timeout is not None:
@@ -434,7 +462,11 @@ def main(argv=None) -> int:
                 status[student] = "ERROR"
                 print(f"  {student:<24} ERROR   the grading process failed: {exc!r}", flush=True)
     elapsed = time.monotonic() - start
-    report(args.assignment, status, _db_url(course))
+    report(args.assignment, status, db_url)
+    from course_lib.grading import similarity
+
+    print(f"copy report (flags for you to look at; no score changed): "
+          f"{similarity.write_report(Path(course), args.assignment).relative_to(course)}")
     print(f"graded {len(students)} submissions in {elapsed:.1f} s with {jobs} worker(s): "
           f"{elapsed / len(students):.2f} s per submission")
     failed = sorted(s for s, v in status.items() if v != "graded") + sorted(bad)
@@ -442,6 +474,21 @@ def main(argv=None) -> int:
         print(f"ERROR: {len(failed)} submission(s) could not be graded: {', '.join(failed)} "
               f"(see the log above; nothing was recorded for them)")
     return 1 if failed else 0
+
+
+def released(db_url: str, assignment: str) -> bool:
+    """Whether the gradebook knows ``assignment`` (``make release`` records it)."""
+    match = re.match(r"^sqlite:///(.+)$", db_url)
+    if match and not os.path.isfile(match.group(1)):
+        return False
+    from nbgrader.api import Gradebook, MissingEntry
+
+    with Gradebook(db_url) as gb:
+        try:
+            gb.find_assignment(assignment)
+        except MissingEntry:
+            return False
+    return True
 
 
 def _db_url(course: str) -> str:

@@ -213,6 +213,29 @@ def results_in(outputs, name: str):
     return found
 
 
+PRINTED = "course_grading_printed"  # metadata of the output that keeps what a test cell printed
+PRINTED_CHARS = 20_000
+
+
+def what_it_printed(outputs) -> str:
+    """The streams and errors of a test cell as it ran (the student's code may print
+    there), as one text: head and tail kept past ``PRINTED_CHARS``."""
+    parts = []
+    for out in outputs:
+        kind = out.get("output_type")
+        if kind == "stream":
+            parts.append(out.get("text", ""))
+        elif kind == "error":
+            parts.append(f"{out.get('ename', '')}: {out.get('evalue', '')}\n")
+    text = "".join(parts)
+    if not text.strip():
+        return ""
+    if len(text) > PRINTED_CHARS:
+        half = PRINTED_CHARS // 2
+        text = text[:half] + f"\n[... {len(text) - 2 * half} characters left out ...]\n" + text[-half:]
+    return "What the cell printed while graded (not shown in feedback):\n" + text
+
+
 def _points_text(x: float) -> str:
     return f"{x:.4g}"
 
@@ -245,6 +268,10 @@ def apply_verdicts(nb, chapter: str, cases: dict, expected: dict, log=None) -> d
             why = stopped[-1].get("evalue", "") if stopped else ""
             head += " (no results came back from this cell" + (f": {why[:300]}" if why else "") + ")"
         outputs = [nbformat.v4.new_output("stream", name="stdout", text=f"{head}\n{report.text}\n")]
+        printed = what_it_printed(cell.get("outputs", []))
+        if printed:  # for the instructor; feedback leaves it out (it could show hidden inputs)
+            outputs.insert(0, nbformat.v4.new_output("display_data", data={"text/plain": printed},
+                                                     metadata={PRINTED: True}))
         if score > 0:
             outputs.append(nbformat.v4.new_output("execute_result", data={"text/plain": _points_text(score)},
                                                   execution_count=cell.get("execution_count")))
