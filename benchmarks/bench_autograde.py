@@ -33,6 +33,7 @@ import nbformat
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+TARGET_SECONDS = 5.0  # per submission, 100 submissions on 2 cores
 WRONG = {"ch01": ("perplexity", "def perplexity(probs):\n    return 0.0\n", "test_perplexity")}
 
 
@@ -117,7 +118,8 @@ def main(argv=None) -> int:
         print(f"{args.submissions} submissions of {args.chapter}, {args.jobs} worker(s), "
               f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} before", flush=True)
         start = time.perf_counter()
-        proc = run([sys.executable, "-m", "course_lib.grading.autograde", args.chapter, "--jobs", str(args.jobs)], course)
+        proc = run([sys.executable, "-m", "course_lib.grading.autograde", args.chapter, "--jobs", str(args.jobs)],
+                   course)
         seconds = time.perf_counter() - start
         sandboxed = "each in a sandbox" in proc.stdout
         if proc.returncode != 0:
@@ -126,7 +128,10 @@ def main(argv=None) -> int:
             return 1
         problems = compare(gradebook_rows(course, args.chapter), expected)
     print(f"graded {args.submissions} submissions in {seconds:.1f} s{' (sandboxed)' if sandboxed else ''}")
-    print(f"seconds per submission: {seconds / args.submissions:.2f}")
+    per = seconds / args.submissions
+    print(f"seconds per submission: {per:.2f}")
+    print(f"target: at most {TARGET_SECONDS:.2f} s per submission; measured {per:.2f} s, "
+          f"{per / TARGET_SECONDS:.2f} of the target ({'met' if per <= TARGET_SECONDS else 'NOT met'})")
     reported = re.search(r"^graded \d+ submissions in .*$", proc.stdout, re.M)
     if reported:
         print(f"(course_lib.grading.autograde says: {reported.group(0)})")

@@ -34,10 +34,11 @@ One module per concept, in the order of the chapters:
   pretrain`` and the two checkpoints the course ships (chapter 8).
 - ``course_lib.ladder``: the course ladder, bits per character on the test plays.
 - ``course_lib.pagetime``: each chapter's run time, recorded by the page and stated at its top.
-- ``course_lib.grading``: checks used by the exercises' autograded tests.
-- ``course_lib.grading.autograde``, ``course_lib.grading.sandbox`` and ``course_lib.grading.sandbox_runner``:
-  grading a class with every submission run in a bubblewrap sandbox, several at a time
-  (``python -m course_lib.grading.autograde chNN``, ``make autograde``).
+- ``course_lib.grading``: grading the exercises, apart from the teaching modules: the
+  test cells' side (``kernel``, ``cases``), the grader's (``refs``, ``verdict``),
+  nbgrader with every submission in a bubblewrap sandbox (``autograde``, ``sandbox``;
+  ``python -m course_lib.grading.autograde chNN``, ``make autograde``) and the copy
+  report (``similarity``).
 
 Submodules are imported on demand, so ``import course_lib`` has no side effects.
 """

@@ -323,6 +323,13 @@ class GPT(nn.Module):
         return n
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None):
+        x = self.hidden_states(idx, cache)
+        logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, C) @ (C, V) -> (B, T, V)
+        return logits, _loss(logits, targets, self.config.vocab_size)
+
+    def hidden_states(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """The last block's outputs (B, T, C) for ``idx`` (B, T), before the final LayerNorm
+        (``forward`` and the sequence classifier read them)."""
         c = self.config
         _check_idx(idx, c.vocab_size)
         B, T = idx.shape
@@ -344,8 +351,7 @@ class GPT(nn.Module):
         x = self.transformer.drop(x)
         for block in self.transformer.h:
             x = block(x, cache)
-        logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, C) @ (C, V) -> (B, T, V)
-        return logits, _loss(logits, targets, c.vocab_size)
+        return x
 
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
                  top_p: float | None = None, use_cache: bool = True,
@@ -475,11 +481,8 @@ class GPTForSequenceClassification(nn.Module):
             last = attention_mask.long().sum(dim=1) - 1  # (B,) the last real token of each row
             if (last < 0).any():
                 raise ValueError("every row needs at least one token (attention_mask all 0 in a row)")
-        t = self.gpt.transformer
-        x = t.drop(t.wte(input_ids.long()) + t.wpe(torch.arange(T, device=input_ids.device)))  # (B, T, C)
-        for block in t.h:
-            x = block(x)
-        h = t.ln_f(x[torch.arange(B, device=x.device), last])  # (B, C) at each row's last token
+        x = self.gpt.hidden_states(input_ids)  # (B, T, C)
+        h = self.gpt.transformer.ln_f(x[torch.arange(B, device=x.device), last])  # (B, C) at each row's last token
         logits = self.classifier(h)  # (B, n_classes)
         loss = None if labels is None else F.cross_entropy(logits.float(), labels.long())
         return logits, loss

@@ -661,7 +661,7 @@ def test_command_line_resumes_an_interrupted_run(tmp_path, capsys):
     assert "stopped at step 1 of 6" in capsys.readouterr().out and (cut / CHECKPOINT_NAME).exists()
     with pytest.raises(SystemExit, match="unfinished run .*pass --resume"):
         bert_cli.main(base + ["--out", str(cut)])
-    with pytest.raises(SystemExit, match="other settings; saved vs given: --lr 0.002 vs 0.01"):
+    with pytest.raises(SystemExit, match=f"other settings; saved vs given: --lr {bert_cli.DEFAULTS['lr']} vs 0.01"):
         bert_cli.main(base + ["--out", str(cut), "--resume", "--lr", "0.01"])
     bert_cli.main(base + ["--out", str(cut), "--resume"])
     assert sorted(p.name for p in cut.iterdir()) == sorted(p.name for p in whole.iterdir())  # checkpoint removed

@@ -97,8 +97,8 @@ def cheat(nb):
         kind = kinds[i % len(kinds)]
         if header.group(0).startswith("class"):  # a class: every method cheats the same way
             methods = re.findall(r"^    def \w+\(.*\):$", cell.source, re.M)
-            cell.source = header.group(0) + "\n" + "".join(m + "\n" + "    " + BODIES[kind].replace("\n    ", "\n        ")
-                                                          for m in methods)
+            body = "    " + BODIES[kind].replace("\n    ", "\n        ")
+            cell.source = header.group(0) + "\n" + "".join(m + "\n" + body for m in methods)
         else:
             cell.source = header.group(0) + "\n" + BODIES[kind]
         cheated.append(cell.metadata["nbgrader"]["grade_id"])

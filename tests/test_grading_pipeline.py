@@ -102,7 +102,7 @@ def _tamper(solution, release):
     replace_function(solution, "add_k_prob", "def add_k_prob(counts, word, context, k, vocab_size):\n    return 0.5\n")
     solution.cells[cell_index(solution, "test_mle_prob")].source = "pass"
     del solution.cells[cell_index(solution, "test_add_k_prob")]
-    right_by_chance = {p: share(p, lambda c: EXPECTED[p][c["name"]] == 0.5) for p in ("mle_prob", "add_k_prob")}
+    right_by_chance = {p: share(p, lambda c, p=p: EXPECTED[p][c["name"]] == 0.5) for p in ("mle_prob", "add_k_prob")}
     return solution, FULL | {f"test_{p}": v for p, v in right_by_chance.items()}
 
 

@@ -215,7 +215,8 @@ def test_grading_mode_hands_out_results_and_holds_no_expected_value(tmp_path):
             return {}
         check_part("ch01", "count_ngrams", globals())
         print("MODULES", json.dumps(sorted(m for m in sys.modules if m.startswith("course_lib.grading"))))
-        tables = [plain.dumps(o) for o in gc.get_objects() if type(o) is dict and o and all(type(k) is tuple for k in o)]
+        tables = [plain.dumps(o) for o in gc.get_objects()
+                  if type(o) is dict and o and all(type(k) is tuple for k in o)]
         with open(sys.argv[1], "w") as f:
             json.dump(tables, f)
     ''')
@@ -251,12 +252,14 @@ def _nb(source):
 
 
 def test_copy_report_flags_copies_and_constructs():
-    solution = _nb("def f(counts, context):\n    ### BEGIN SOLUTION\n    total = 0\n    for gram, c in counts.items():\n"
+    solution = _nb("def f(counts, context):\n    ### BEGIN SOLUTION\n    total = 0\n"
+                   "    for gram, c in counts.items():\n"
                    "        if gram[:-1] == context:\n            total += c\n    if total == 0:\n        return 0.0\n"
                    "    return counts.get(context, 0) / total\n    ### END SOLUTION\n")
     release = _nb("def f(counts, context):\n    # YOUR CODE HERE\n    raise NotImplementedError()\n")
-    copied = _nb("def f(counts, context):\n    tot = 0\n    for g, n in counts.items():\n        if g[:-1] == context:\n"
-                 "            tot += n\n    if tot == 0:\n        return 0.0\n    return counts.get(context, 0) / tot\n")
+    copied = _nb("def f(counts, context):\n    tot = 0\n    for g, n in counts.items():\n"
+                 "        if g[:-1] == context:\n            tot += n\n    if tot == 0:\n        return 0.0\n"
+                 "    return counts.get(context, 0) / tot\n")
     own = _nb("def f(counts, context):\n    matching = [n for g, n in counts.items() if g[:-1] == context]\n"
               "    return counts.get(context, 0) / sum(matching) if matching else 0.0\n")
     sneaky = _nb("import inspect, course_lib.metrics\nexec(inspect.getsource(course_lib.metrics))\n"

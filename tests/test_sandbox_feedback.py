@@ -114,8 +114,8 @@ def test_the_page_shows_a_line_per_case_and_partial_scores(feedback):
     assert any(abs(float(a) - share) < 0.006 and b == "2.0" for a, b in scores), (share, scores)  # 2 decimals shown
     assert "passed  uniform over 4" in text
     # a hidden case is named, with what kind of failure it was and nothing of its inputs
-    assert "FAILED  an empty list raises ValueError (hidden): expected it to raise ValueError, but it returned a value" \
-        in text
+    assert ("FAILED  an empty list raises ValueError (hidden): "
+            "expected it to raise ValueError, but it returned a value") in text
     # a visible failure shows both sides
     assert re.search(r"FAILED  u at and between the edges: the result\[\d\]: expected '\w', got '\w'", text)
     assert text.count("passed  ") >= 20

@@ -135,7 +135,8 @@ class SandboxedExecute(Execute):
         if reason and not self.allow_unsandboxed:
             raise SandboxUnavailable(
                 f"refusing to run students' code without a sandbox: {reason}. To grade anyway, with the "
-                "submissions running under your own account, pass --unsandboxed to python -m course_lib.grading.autograde "
+                "submissions running under your own account, pass --unsandboxed to "
+                "python -m course_lib.grading.autograde "
                 "(make autograde A=... UNSANDBOXED=1) or set c.SandboxedExecute.allow_unsandboxed = True")
         if reason:
             self.log.warning("grading WITHOUT a sandbox (%s): the submission runs with your rights", reason)

@@ -1,47 +1,31 @@
-"""Checks for the exercises' autograded test cells (all chapters).
+"""A first line of defence while a student's graded code runs in a test cell.
 
-Two ways to earn points without doing the work are closed here:
+Verdicts never depend on it: they are computed by the grader, outside the student's
+process (``course_lib.grading.verdict``). It only makes the obvious shortcuts fail
+loudly, in the student's own session as well as when graded:
 
-- An object that claims to equal everything (``__eq__`` always True) or a subclass of
-  ``float`` with a doctored comparison: ``check_type`` demands the exact built-in type
-  before any value is compared.
-- A graded function that just calls the course_lib reference it is graded against:
-  inside ``with no_course_lib():`` every function and method defined in course_lib
-  raises, however the student's code got hold of it (imported at the top of the
-  notebook, imported inside the function, kept in a variable), and importing or
-  reloading a course_lib module fails. Test cells compute their expected values first,
-  then call the student's code inside the block.
+- ``no_course_lib()``: while active, every function and method defined in course_lib
+  raises ``ReferenceUsed`` (the reference the exercises are graded against), however
+  the student's code got hold of it (imported at the top of the notebook, imported
+  inside the function, kept in a variable), and importing or reloading a course_lib
+  module fails. The modules that run the tests (``kernel``, ``plain``, ``cases``) and the
+  functions a part's call lends (``exempt``) keep working.
+- ``switched_off(functions, why)``: while active, the named functions (``torch.softmax``
+  when the part is a softmax) raise with ``why``.
 
-    expected = NGramLM(2, "mle").fit(sentences).prob("be", ["to"])   # before
-    with no_course_lib():
-        result = mle_prob(counts, "be", ("to",))                      # the student's
-    check_close(result, expected)
-
-Tensors (chapter 3 on): ``check_tensor`` demands an exact ``torch.Tensor``, then checks
-its dtype, shape and values. A third shortcut, a torch function that does the whole part
-(``torch.softmax`` when the part is a softmax), is closed by ``switched_off``: while it
-is active, the functions it names raise. torch is imported only when ``check_tensor`` is
-called, so the chapters without torch never need it.
-
-    expected = torch.softmax(logits, dim=-1)                          # before
     with no_course_lib(), switched_off([(torch, "softmax")], "write softmax yourself"):
         result = softmax(logits)                                      # the student's
-    check_tensor(result, expected, "softmax(logits)")
-
-Scope: these checks run in the student's kernel, so they stop shortcuts, not a student
-determined to rewrite the checker; the pipeline tests show which submissions they stop.
 """
 
 from __future__ import annotations
 
 import gc
 import importlib.abc
-import math
 import sys
 import types
 from contextlib import contextmanager
 
-__all__ = ["ReferenceUsed", "check_type", "check_close", "check_tensor", "no_course_lib", "switched_off"]
+__all__ = ["ReferenceUsed", "no_course_lib", "switched_off"]
 
 _MESSAGE = (
     "graded code must be your own: it called course_lib, the reference it is graded "
@@ -73,37 +57,10 @@ class _ImportBlocker(importlib.abc.MetaPathFinder):
         return None
 
 
-def check_type(value, expected: type, what: str = "the result") -> None:
-    """Assert ``type(value) is expected`` exactly (no subclasses), with a helpful message."""
-    if type(value) is not expected:
-        raise AssertionError(
-            f"{what} should be of type {expected.__name__}, but it is {type(value).__name__}: {value!r:.200}"
-        )
 
 
-def check_close(value, expected: float, what: str = "the result", rel: float = 1e-9, abs_tol: float = 1e-12) -> None:
-    """Assert a Python float equals ``expected`` within the stated tolerance (inf equals inf)."""
-    check_type(value, float, what)
-    if math.isinf(expected) or math.isinf(value):
-        ok = value == expected
-    else:
-        ok = math.isclose(value, expected, rel_tol=rel, abs_tol=abs_tol)
-    if not ok:
-        raise AssertionError(f"{what}: expected {expected!r} (relative tolerance {rel}), got {value!r}")
 
 
-def check_tensor(result, expected, what: str = "the result", rtol: float = 1e-5, atol: float = 1e-6) -> None:
-    """Assert ``result`` is a ``torch.Tensor`` (exactly) of ``expected``'s dtype and shape whose
-    values match within ``rtol`` and ``atol``; the message shows both tensors."""
-    import torch  # here, not at the top: the chapters without torch import this module too
-
-    check_type(result, torch.Tensor, what)
-    if result.dtype != expected.dtype:
-        raise AssertionError(f"{what}: expected dtype {expected.dtype}, got {result.dtype}")
-    if result.shape != expected.shape:
-        raise AssertionError(f"{what}: expected shape {tuple(expected.shape)}, got {tuple(result.shape)}")
-    torch.testing.assert_close(result, expected, rtol=rtol, atol=atol,
-                               msg=lambda m: f"{what}: expected\n{expected}\ngot\n{result}\n({m})")
 
 
 _ABSENT = object()  # the owner had no attribute of its own by that name (it may inherit one)

@@ -39,10 +39,11 @@ THRESHOLD = 0.5  # share of a part's fingerprints found in one source that flags
 MIN_PRINTS = 8  # parts with fewer fingerprints of their own are too short to judge
 
 CONSTRUCTS = {
-    "reads the caller's frames": r"_getframe|\bf_back\b|\bf_locals\b|\bf_globals\b|inspect\.(stack|currentframe|getouterframes)",
+    "reads the caller's frames": r"_getframe|\bf_(back|locals|globals)\b|inspect\.(stack|currentframe|getouterframes)",
     "walks the garbage collector": r"\bgc\.get_(objects|referrers|referents)\b",
     "executes source text": r"\b(exec|eval|compile)\s*\(|getsource",
-    "imports course_lib": r"^\s*(import|from)\s[^#\n]*\bcourse_lib\b|\b(__import__|import_module)\s*\(\s*['\"]course_lib",
+    "imports course_lib": (r"^\s*(import|from)\s[^#\n]*\bcourse_lib\b"
+                           r"|\b(__import__|import_module)\s*\(\s*['\"]course_lib"),
     "replaces library functions": r"^\s*(numpy|np|torch|math|builtins|course_lib)(\.\w+)+\s*=(?!=)",
 }
 

@@ -167,7 +167,8 @@ def judge(chapter: str, name: str, cases: list, results_doc, expected: dict, ref
     what the test cell handed out (None if nothing came back)."""
     ref = ref or refs_module(chapter).REFS[name]
     results = {}
-    if isinstance(results_doc, dict) and results_doc.get("part") == name and isinstance(results_doc.get("results"), list):
+    if isinstance(results_doc, dict) and results_doc.get("part") == name \
+            and isinstance(results_doc.get("results"), list):
         for r in results_doc["results"]:
             if isinstance(r, dict) and isinstance(r.get("case"), str):
                 results.setdefault(r["case"], r)

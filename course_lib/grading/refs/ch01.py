@@ -53,11 +53,13 @@ def _add_k_cases(rng):
     for n, word, context in [(3, "or", ("to", "be")), (3, "sleep", ("<s>", "to")), (2, "be", ("dream",)),
                              (4, "to", ("be", "or", "not"))]:
         vocab = len(_nltk(Laplace(n), n, TINY).vocab)
-        cases[f"Laplace, {n}-grams, {word} after {' '.join(context)}"] = (counts(TINY, n), word, context, 1, vocab, TINY)
+        name = f"Laplace, {n}-grams, {word} after {' '.join(context)}"
+        cases[name] = (counts(TINY, n), word, context, 1, vocab, TINY)
     vocab = len(_nltk(Laplace(2), 2, CHARS).vocab)
     for context in [("a",), ("r",), ("z",)]:
         word = str(rng.choice(list("abcdr")))
-        cases[f"k = 0.25, characters, {word} after {context[0]}"] = (counts(CHARS, 2), word, context, 0.25, vocab, CHARS)
+        name = f"k = 0.25, characters, {word} after {context[0]}"
+        cases[name] = (counts(CHARS, 2), word, context, 0.25, vocab, CHARS)
     return cases
 
 
