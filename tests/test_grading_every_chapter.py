@@ -79,7 +79,7 @@ def solution_cells(nb):
     return [c for c in nb.cells if c.cell_type == "code" and c.metadata.get("nbgrader", {}).get("solution")]
 
 
-def test_cells(nb):
+def graded_test_cells(nb):
     return [c for c in nb.cells if c.cell_type == "code" and c.metadata.get("nbgrader", {}).get("grade")
             and not c.metadata["nbgrader"].get("solution")]
 
@@ -88,7 +88,7 @@ def cheat(nb):
     """The cheater (see the module docstring); returns the notebook and the grade_ids of
     the test cells it cheats on."""
     graded = solution_cells(nb)
-    tests = test_cells(nb)
+    tests = graded_test_cells(nb)
     kinds = list(BODIES)
     cheated = []
     for i, cell in enumerate(graded[:-1]):
