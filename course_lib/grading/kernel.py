@@ -30,13 +30,14 @@ import importlib
 import json
 import os
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable
 
 from course_lib.grading import plain
 from course_lib.grading.guard import no_course_lib, switched_off
 
-__all__ = ["Part", "check_part", "RESULTS_MIME", "CASES_ENV"]
+__all__ = ["Part", "check_part", "lend", "RESULTS_MIME", "CASES_ENV"]
 
 RESULTS_MIME = "application/x-course-results"  # a display output holding one part's results, as JSON text
 CASES_ENV = "COURSE_GRADING_CASES"  # set by the grader: the file of case inputs for this run
@@ -64,6 +65,26 @@ class Part:
     switched_off: tuple = ()
     why: str = "this part asks you to write it yourself"
     exempt: Callable | None = field(default=None)  # () -> functions of course_lib the call itself needs
+
+
+_ABSENT = object()
+
+
+@contextmanager
+def lend(namespace: dict, **functions):
+    """The notebook's names set to ``functions`` for the time of a call (a later part given
+    the reference of an earlier one, so one bug costs one part); the student's own are put
+    back after, and names the notebook did not have are removed again."""
+    saved = {name: namespace.get(name, _ABSENT) for name in functions}
+    namespace.update(functions)
+    try:
+        yield
+    finally:
+        for name, old in saved.items():
+            if old is _ABSENT:
+                namespace.pop(name, None)
+            else:
+                namespace[name] = old
 
 
 def cases_module(chapter: str):

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 import regex
 
 from course_lib.grading.guard import ReferenceUsed, _error
-from course_lib.grading.kernel import Part
+from course_lib.grading.kernel import Part, lend
 
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
@@ -54,24 +54,15 @@ def _lent_merge(word, pair, new_id):
     return tuple(out)
 
 
-_ABSENT = object()
-
-
 @contextmanager
 def _lend(ns, **helpers):
-    """The notebook's names set to working helpers for the time of a call, then put back."""
-    saved = {name: ns.get(name, _ABSENT) for name in helpers}
-    ns.update(helpers)
+    """``kernel.lend``, with the lent helpers switched on for the time."""
     _lending.append(True)
     try:
-        yield
+        with lend(ns, **helpers):
+            yield
     finally:
         _lending.pop()
-        for name, old in saved.items():
-            if old is _ABSENT:
-                ns.pop(name, None)
-            else:
-                ns[name] = old
 
 
 def _train(ns, words, num_merges, text):

@@ -8,11 +8,10 @@ the case if ``bigram_grad`` changed W.
 """
 
 import math
-from contextlib import contextmanager
 
 import torch
 
-from course_lib.grading.kernel import Part
+from course_lib.grading.kernel import Part, lend
 
 SOFTMAX_FAMILY = tuple((owner, f"{prefix}{name}") for owner, prefix in (("torch", ""), ("torch", "Tensor."),
                                                                          ("torch.special", ""))
@@ -30,27 +29,9 @@ def _lent_softmax(logits):
     return torch.softmax(logits, dim=-1)
 
 
-_ABSENT = object()
-
-
-@contextmanager
-def _lend(ns, **helpers):
-    """The notebook's names set to working helpers for the time of a call, then put back."""
-    saved = {name: ns.get(name, _ABSENT) for name in helpers}
-    ns.update(helpers)
-    try:
-        yield
-    finally:
-        for name, old in saved.items():
-            if old is _ABSENT:
-                ns.pop(name, None)
-            else:
-                ns[name] = old
-
-
 def _bigram_grad(ns, W, idx, targets):
     before = W.clone()
-    with _lend(ns, softmax=_lent_softmax), torch.no_grad():
+    with lend(ns, softmax=_lent_softmax), torch.no_grad():
         result = ns["bigram_grad"](W, idx, targets)
     if not torch.equal(W, before):
         raise AssertionError("bigram_grad changed W: return a new tensor and leave W as it was")

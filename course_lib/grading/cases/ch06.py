@@ -17,7 +17,6 @@ This module holds no expected value and no reference of the part it grades.
 """
 
 import math
-from contextlib import contextmanager
 from types import SimpleNamespace
 
 import torch
@@ -25,7 +24,7 @@ import torch.nn.functional as F
 
 from course_lib import attention as _attn
 from course_lib import transformer as _tf
-from course_lib.grading.kernel import Part
+from course_lib.grading.kernel import Part, lend
 
 # ---------------------------------------------------------------------------- what is switched off
 ATTENTION_BUILT_INS = (("torch.nn.functional", "scaled_dot_product_attention"),
@@ -122,24 +121,6 @@ def _multi_head_attention(x, mha, mask=None):
     return mha(x, mask=mask)
 
 
-_MISSING = object()
-
-
-@contextmanager
-def in_namespace(ns, **functions):
-    """``functions`` stand in the notebook's namespace for the time; the student's are put back after."""
-    saved = {name: ns.get(name, _MISSING) for name in functions}
-    ns.update(functions)
-    try:
-        yield
-    finally:
-        for name, old in saved.items():
-            if old is _MISSING:
-                ns.pop(name, None)
-            else:
-                ns[name] = old
-
-
 def _attention_refs():
     return (_attn.scaled_dot_product_attention, _attn._check_mask, _attn._shape)
 
@@ -153,7 +134,7 @@ def _merge(ns, x, non_contiguous=False):
 
 def _mha(ns, x, state, n_heads, mask):
     mha = build_mha(state, n_heads)
-    with in_namespace(ns, attention=_attn.scaled_dot_product_attention, split_heads=_split_heads,
+    with lend(ns, attention=_attn.scaled_dot_product_attention, split_heads=_split_heads,
                       merge_heads=_merge_heads), torch.no_grad():
         return ns["multi_head_attention"](x, mha, mask)
 
@@ -171,7 +152,7 @@ def _pe(ns, max_len, d_model, rows=None):
 
 def _block(ns, x, state, n_heads, mask):
     block = build_block(state, n_heads)
-    with in_namespace(ns, attention=_attn.scaled_dot_product_attention, split_heads=_split_heads,
+    with lend(ns, attention=_attn.scaled_dot_product_attention, split_heads=_split_heads,
                       merge_heads=_merge_heads, multi_head_attention=_multi_head_attention,
                       layer_norm=_layer_norm), torch.no_grad():
         return ns["pre_ln_block"](x, block, mask)
