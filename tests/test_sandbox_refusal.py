@@ -65,3 +65,18 @@ def test_the_flag_runs_it_anyway_and_warns(course):
     with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gb:
         sub = gb.find_submission(A, "alice")
         assert (sub.score, sub.max_score) == (11.0, 11.0)
+
+
+def test_grading_before_the_release_says_to_release_first(tmp_path):
+    course = tmp_path / "course"
+    folder = course / "submitted" / "alice" / A
+    folder.mkdir(parents=True)
+    shutil.copy(ROOT / "nbgrader_config.py", course)
+    shutil.copy(ROOT / "solutions" / A / f"{A}.ipynb", folder)
+    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    proc = subprocess.run([sys.executable, "-m", "course_lib.grading.autograde", A, "--unsandboxed"], cwd=course,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "ch01 has not been released in this course's gradebook: run `make release` first" in proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert not (course / "autograded").exists()
