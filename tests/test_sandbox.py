@@ -116,7 +116,8 @@ def test_inside_the_sandbox(tmp_path, monkeypatch):
         "import os, socket\nprint(os.getuid(), socket.if_nameindex(), "
         "sorted(f for f in os.listdir('/tmp') if not f.endswith('.json')))",  # but the kernel's connection file
         f"print([os.path.exists(p) for p in ({str(home / 'private.txt')!r}, {str(repo / 'README.md')!r}, "
-        f"{str(repo / 'solutions')!r}, {str(repo / 'course_lib' / 'sandbox.py')!r})])",
+        f"{str(repo / 'solutions')!r}, {str(repo / 'course_lib' / 'grading' / 'sandbox.py')!r}, "
+            f"{str(repo / 'course_lib' / 'grading' / 'refs' / 'ch01.py')!r})])",
         "open('/usr/pwned-by-a-test', 'w')",
         "x = bytearray(4 * 2**30)",
         "n = 0\ntry:\n    while True:\n        if os.fork() == 0:\n            import time; time.sleep(60)\n"
@@ -132,7 +133,7 @@ def test_inside_the_sandbox(tmp_path, monkeypatch):
     on_the_way = [repo.parts[2]] if repo.parts[:2] == ("/", "tmp") else []
     assert rest == f"[(1, 'lo')] {sorted(['home', 'work'] + on_the_way)}\n"
     # HOME is empty, the course checkout too, but for the library the tests import
-    assert printed(result, 1) == "[False, False, False, True]\n", result.cells[1]
+    assert printed(result, 1) == "[False, False, False, True, False]\n", result.cells[1]  # refs/ hidden too
     assert "Read-only file system" in str(result.cells[2]["outputs"]) or "Permission denied" in str(
         result.cells[2]["outputs"])
     assert not Path("/usr/pwned-by-a-test").exists()
