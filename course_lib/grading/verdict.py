@@ -23,6 +23,7 @@ line shows both sides.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import json
@@ -88,12 +89,17 @@ def refs_module(chapter: str):
     if private:
         path = Path(private, "refs", f"{chapter}.py")
         if path.is_file():
-            name = f"course_private_refs_{chapter}"
-            spec = importlib.util.spec_from_file_location(name, path)
-            module = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(module)
-            return module
+            return _private_module(str(path.resolve()), path.stat().st_mtime_ns)
     return importlib.import_module(f"course_lib.grading.refs.{chapter}")
+
+
+@functools.lru_cache(maxsize=None)
+def _private_module(path: str, mtime_ns: int):
+    """A private references file, executed once per grading process (and again if it changes)."""
+    spec = importlib.util.spec_from_file_location(f"course_private_refs_{Path(path).stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def grading_seed() -> int:
