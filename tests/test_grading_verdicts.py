@@ -76,7 +76,7 @@ def test_tensors_and_arrays_keep_dtype_shape_and_values():
     assert torch.equal(plain.to_torch(back), t)
     a = np.arange(4, dtype=np.int64).reshape(2, 2)
     assert np.array_equal(plain.to_torch(roundtrip(a)), a)
-    s = roundtrip(np.float64(0.5))
+    s = roundtrip(np.float32(0.5))
     assert isinstance(s, Array) and s.scalar and compare.same(s, 0.5) is not None  # not a float
 
 
@@ -98,6 +98,15 @@ def test_same_is_exact_about_types_and_close_about_numbers():
     assert compare.same(roundtrip(torch.ones(4)), t).kind == "shape"
     m = compare.same(roundtrip(torch.tensor([[1.0, 1.0], [1.0, 2.0]])), t)
     assert m.kind == "value" and "(1, 1)" in m.detail
+
+
+def test_a_numpy_float64_counts_as_the_float_it_is():
+    assert isinstance(np.float64(0.5), float)
+    assert compare.same(roundtrip(np.float64(0.5)), 0.5) is None
+    assert compare.same(roundtrip(np.float64(0.7)), 0.5).kind == "value"
+    assert compare.same(roundtrip(np.float32(0.5)), 0.5).kind == "type"  # not a float
+    assert compare.same(roundtrip(np.array([0.5])), 0.5).kind == "type"  # an array is not a scalar
+    assert compare.same(roundtrip(0.5), roundtrip(np.float64(0.5))).kind == "type"  # where numpy is asked, numpy
 
 
 def _cases(**hidden_flags):

@@ -4,7 +4,8 @@
 ``kind`` ("type", "shape", "dtype", "value", "keys", "length") can be shown for a hidden
 case, its ``detail`` (which holds values) only for a visible one. Types are exact: a
 float is expected where the reference gives a float, a tuple where it gives a tuple,
-``torch.float32`` where it gives float32. Numbers match within ``rtol`` and ``atol``
+``torch.float32`` where it gives float32 (one exception: a ``numpy.float64`` scalar, which
+is a ``float``, counts as one). Numbers match within ``rtol`` and ``atol``
 (``math.isclose``), nan matches only nan, an infinity only itself.
 
 This module is never imported into a student's kernel while it is graded.
@@ -76,6 +77,8 @@ def same(result, expected, rtol: float = 1e-6, atol: float = 1e-8, what: str = "
     """None if ``result`` matches ``expected`` (both decoded by ``plain.decode``)."""
     if isinstance(result, (Unsupported, TooBig)):
         return Mismatch("type", f"{what}: expected {_kind(expected)}, got {_kind(result)}")
+    if type(expected) is float and isinstance(result, Array) and result.scalar and result.dtype == "float64":
+        result = result.values[0]  # numpy.float64 is a float (a subclass of it): where a float is asked, it counts
     if type(result) is not type(expected):
         return Mismatch("type", f"{what}: expected {_kind(expected)}, got {_kind(result)}")
     if isinstance(expected, (Tensor, Array)):
