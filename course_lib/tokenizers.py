@@ -25,7 +25,7 @@ from __future__ import annotations
 import codecs
 import json
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import regex
@@ -182,8 +182,19 @@ class BPETokenizer:
 
     # ------------------------------------------------------------------ training
     @classmethod
-    def train(cls, text: str, vocab_size: int, special_tokens: Iterable[str] = ()) -> BPETokenizer:
-        """Learn ``vocab_size - 256 - len(special_tokens)`` merges from ``text``."""
+    def train(cls, text: str, vocab_size: int, special_tokens: Iterable[str] = (),
+              on_merge: Callable[[dict[tuple[bytes, bytes], int], tuple[bytes, bytes]], None] | None = None,
+              ) -> BPETokenizer:
+        """Learn ``vocab_size - 256 - len(special_tokens)`` merges from ``text``.
+
+        ``on_merge(counts, best)``, if given, is called before each merge with every pair's
+        current count (as byte strings) and the pair chosen, to show the steps of training:
+
+        >>> steps = []
+        >>> _ = BPETokenizer.train("aaab", 257, on_merge=lambda counts, best: steps.append((counts, best)))
+        >>> steps
+        [({(b'a', b'a'): 2, (b'a', b'b'): 1}, (b'a', b'a'))]
+        """
         _check_str(text)
         special_tokens = list(dict.fromkeys(special_tokens))
         if not isinstance(vocab_size, int) or vocab_size < 256 + len(special_tokens):
@@ -211,6 +222,9 @@ class BPETokenizer:
                 break  # nothing left to merge: every pre-token is a single token
             top = max(pair_counts.values())
             best = max((p for p, c in pair_counts.items() if c == top), key=lambda p: (vocab[p[0]], vocab[p[1]]))
+            if on_merge is not None:
+                counts = {(vocab[a], vocab[b]): c for (a, b), c in pair_counts.items()}
+                on_merge(counts, (vocab[best[0]], vocab[best[1]]))
             vocab[new] = vocab[best[0]] + vocab[best[1]]
             merges.append((vocab[best[0]], vocab[best[1]]))
             for w in where.pop(best):

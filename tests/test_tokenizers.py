@@ -55,6 +55,19 @@ def test_merges_equal_slow_reference(name, vocab_size):
     assert BPETokenizer.train(text, vocab_size).merges == slow_bpe_merges(text, vocab_size)
 
 
+@pytest.mark.parametrize("name", list(CORPORA))
+def test_on_merge_sees_every_pair_count_before_each_merge(name):
+    text = CORPORA[name]
+    seen = []
+    tok = BPETokenizer.train(text, 280, on_merge=lambda counts, best: seen.append((counts, best)))
+    assert tok.merges == BPETokenizer.train(text, 280).merges == [best for _, best in seen]
+    for k, (counts, best) in enumerate(seen):  # the counts a recount gives after the first k merges
+        truncated = BPETokenizer(tok.merges[:k])
+        words = [[truncated.vocab[i] for i in truncated.encode(w)] for w in regex.findall(GPT2_PATTERN, text)]
+        assert counts == dict(Counter(p for w in words for p in zip(w, w[1:]))), k
+        assert counts[best] == max(counts.values())
+
+
 def test_merges_equal_slow_reference_on_the_corpus():
     from course_lib.data import load_split
 
