@@ -1,6 +1,9 @@
 """Every exercise, graded for real by the instructor's command (``python -m
 course_lib.grading.autograde``, in the sandbox): the solution scores full marks, the
-blank release 0 on every part, and a cheater 0 on every part it cheats on.
+blank release 0 on every part, a cheater 0 on every part it cheats on, and a half-right
+solution (the solution, wrong on the first case of every part) the share of each part's
+points that its other cases carry. Written answers are left to the instructor: the
+blank's score 0 (unchanged), the solution's wait for a manual grade.
 
 The cheater uses only generic tricks, which need no knowledge of the exercise. Its first
 cell replaces the comparison functions of numpy, math and torch and the guards of
@@ -20,7 +23,9 @@ import nbformat
 import pytest
 from nbgrader.api import Gradebook
 
+from course_lib.grading.kernel import cases_module
 from course_lib.grading.sandbox import check_sandbox
+from course_lib.grading.verdict import refs_module
 from nbgrader_course import BIN, ROOT, chapters, make_course
 
 pytestmark = pytest.mark.slow
@@ -73,6 +78,43 @@ BODIES = {
     "exit": "    sys.exit(0)\n",
     "loop": "    while True:\n        pass\n",
 }
+
+
+HALF_RIGHT = '''
+
+def _wrong_once(function):
+    """The same function, but its first call made while a test cell grades it fails."""
+    import functools as _functools
+    import sys as _sys
+    done = []
+
+    @_functools.wraps(function)
+    def wrapped(*args, **kwargs):
+        frame = _sys._getframe(1)
+        while frame is not None and not done:
+            if frame.f_code.co_filename.replace("\\\\", "/").endswith("grading/kernel.py"):
+                done.append(True)
+                raise RuntimeError("wrong on purpose, once")
+            frame = frame.f_back
+        return function(*args, **kwargs)
+    return wrapped
+
+
+{name} = _wrong_once({name})
+'''
+
+
+def half_right(nb, functions):
+    """The solution with every graded function wrapped by ``_wrong_once``."""
+    for cell in solution_cells(nb):
+        for name in functions:
+            if re.search(rf"^def {name}\(", cell.source, re.M):
+                cell.source += HALF_RIGHT.format(name=name)
+    return nb
+
+
+def written_cells(nb):
+    return [c for c in nb.cells if c.cell_type == "markdown" and c.metadata.get("nbgrader", {}).get("grade")]
 
 
 def solution_cells(nb):
@@ -131,8 +173,11 @@ def test_solution_full_blank_and_cheats_zero(chapter, tmp_path):
     release = course / "exercises" / chapter / f"{chapter}.ipynb"
     cheater, cheated = cheat(nbformat.read(source, as_version=4))
     assert len(cheated) == len(points) - 1
+    parts = cases_module(chapter).PARTS
+    halfway = half_right(nbformat.read(source, as_version=4), [p.function for p in parts.values()])
     submissions = {"solution": nbformat.read(source, as_version=4), "blank": nbformat.read(release, as_version=4),
-                   "cheater": cheater}
+                   "cheater": cheater, "halfright": halfway}
+    written = [c.metadata["nbgrader"]["grade_id"] for c in written_cells(nbformat.read(source, as_version=4))]
     for student, nb in submissions.items():
         folder = course / "submitted" / student / chapter
         folder.mkdir(parents=True)
@@ -146,10 +191,29 @@ def test_solution_full_blank_and_cheats_zero(chapter, tmp_path):
     assert proc.returncode == 0, log[-3000:]
     with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gb:
         scores = {s: {g: gb.find_grade(g, chapter, chapter, s).score for g in points} for s in submissions}
+        manual = {s: {g: (gb.find_grade(g, chapter, chapter, s).auto_score,
+                          gb.find_grade(g, chapter, chapter, s).needs_manual_grade) for g in written}
+                  for s in ("solution", "blank")}
+    assert manual["blank"] == dict.fromkeys(written, (0, False)), manual
+    assert manual["solution"] == dict.fromkeys(written, (None, True)), manual
     assert scores["solution"] == points, log[-3000:]
     assert scores["blank"] == dict.fromkeys(points, 0)
     assert scores["cheater"] == {g: 0 if g in cheated else p for g, p in points.items()}, (
         scores["cheater"], (course / "autograded" / "cheater" / chapter / f"{chapter}.ipynb").read_text()[-6000:])
+    # half-right: in every part exactly one case failed, and the score is the others' share of the points
+    graded = nbformat.read(course / "autograded" / "halfright" / chapter / f"{chapter}.ipynb", as_version=4)
+    refs = refs_module(chapter).REFS
+    for cell in graded_test_cells(graded):
+        gid = cell.metadata["nbgrader"]["grade_id"]
+        name = next(n for n, p in parts.items() if p.grade_id == gid)
+        text = "".join(o.get("text", "") for o in cell.outputs if o.get("output_type") == "stream")
+        failed = re.findall(r"^  FAILED  (.+?)(?: \(hidden\))?: ", text, re.M)
+        passed = re.findall(r"^  passed  (.+?)(?: \(hidden\))?$", text, re.M)
+        assert len(failed) == 1 and passed, (gid, text)
+        weight = {c: float(refs[name].weights.get(c, 1.0)) for c in failed + passed}
+        share = 1 - weight[failed[0]] / sum(weight.values())
+        assert scores["halfright"][gid] == pytest.approx(points[gid] * share, abs=1e-3), (gid, text)
+    assert written, f"{chapter} has no written question graded by the instructor"
     report = (course / "autograded" / f"{chapter}-similarity.md").read_text()
-    assert re.search(r"\| solution \| \S+ \| solutions \| \d+% \|.*FLAG", report), report
+    assert re.search(r"\| solution \| \S+ \| (solutions|student halfright) \| \d+% \|.*FLAG", report), report
     assert re.search(r"\| cheater \| .*reads the caller's frames.*FLAG", report), report

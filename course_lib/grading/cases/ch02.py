@@ -9,6 +9,9 @@ for course_lib itself), so they are no shortcut for Parts 1 and 2.
 
 ``train``'s cases carry the text its word counts came from as the last argument, for the
 grader's reference (``BPETokenizer.train``); the call leaves it out.
+
+Part 5 (``encode_special``) calls the student's ``encode`` by name for the text between
+special tokens: its call lends a working ``encode`` (and ``merge``) the same way.
 """
 
 from collections import Counter
@@ -54,6 +57,23 @@ def _lent_merge(word, pair, new_id):
     return tuple(out)
 
 
+def _lent_encode(text, merges):
+    if not _lending:
+        raise _error()
+    rank = {tuple(pair): k for k, pair in enumerate(merges)}
+    ids_out = []
+    for piece in regex.findall(GPT2_PATTERN, text):
+        ids = tuple(piece.encode("utf-8"))
+        while len(ids) >= 2:
+            found = [rank[p] for p in zip(ids, ids[1:]) if p in rank]
+            if not found:
+                break
+            k = min(found)
+            ids = _lent_merge(ids, tuple(merges[k]), 256 + k)
+        ids_out.extend(ids)
+    return ids_out
+
+
 @contextmanager
 def _lend(ns, **helpers):
     """``kernel.lend``, with the lent helpers switched on for the time."""
@@ -75,7 +95,13 @@ def _encode(ns, text, merges):
         return ns["encode"](text, merges)
 
 
+def _encode_special(ns, text, merges, special_tokens):
+    with _lend(ns, encode=_lent_encode, merge=_lent_merge):
+        return ns["encode_special"](text, merges, special_tokens)
+
+
 LOW = "low low lower"
+LOW_MERGES = [(111, 119), (108, 256)]  # o + w -> 256, l + 256 -> 257 ("low")
 
 PARTS = {
     "pair_counts": Part("test_pair_counts", "pair_counts", {
@@ -92,6 +118,14 @@ PARTS = {
         "'low' with the merges [(111, 119), (108, 256)]": ("low", [(111, 119), (108, 256)]),
         "'lower low' with the merges of 'low low lower'": ("lower low", [(111, 119), (108, 256)]),
     }, call=_encode),
+    "encode_special": Part("test_encode_special", "encode_special", {
+        "'low<|endoftext|>lower low': the special token whole, id 258": (
+            "low<|endoftext|>lower low", LOW_MERGES, ["<|endoftext|>"]),
+        "spaces around a special token stay with their own side": (
+            "low <|endoftext|> low", LOW_MERGES, ["<|endoftext|>"]),
+        "'\\n' and '\\n\\n' as special tokens: the longer wins, ids in the order given": (
+            "low\n\nlower\nlow", LOW_MERGES, ["\n", "\n\n"]),
+    }, call=_encode_special),
 }
 
 __all__ = ["PARTS", "word_counts", "GPT2_PATTERN", "ReferenceUsed"]

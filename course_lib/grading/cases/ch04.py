@@ -1,16 +1,22 @@
 """Exercise 4 (recurrent networks): the graded parts and their visible cases.
 
-The five parts are independent (none is handed another's output), so a bug in one costs
+The six parts are independent (none is handed another's output), so a bug in one costs
 that part only. Each case's inputs are tensors made here (seeded torch generators) or
-literals; the expected values are computed by the grader with torch.nn's cells and
-``torch.nn.utils.clip_grad_norm_``.
+literals; the expected values are computed by the grader with torch.nn's cells, autograd
+and ``torch.nn.utils.clip_grad_norm_``.
+
+``rnn_bptt`` (backpropagation through time by hand) may run the forward pass with the
+student's ``rnn_step`` of Part 1: its call lends the notebook a correct step under that
+name for the time of the call (written here with torch.tanh, not course_lib), so a bug in
+Part 1 costs Part 1 only. Autograd is switched off while it runs, and the call fails the
+case if the inputs were changed.
 """
 
 import math
 
 import torch
 
-from course_lib.grading.kernel import Part
+from course_lib.grading.kernel import Part, lend
 
 
 def random_tensors(shapes, seed, dtype=torch.float32, scale=1.0):
@@ -50,6 +56,50 @@ def _clip_unchanged(ns, grads, max_norm):
     return result
 
 
+AUTOGRAD = (("torch", "Tensor.backward"), ("torch.autograd", "backward"), ("torch.autograd", "grad"))
+
+
+def _lent_rnn_step(x, h, W_ih, W_hh, b_ih, b_hh):
+    return torch.tanh(x @ W_ih.T + b_ih + h @ W_hh.T + b_hh)
+
+
+def _bptt_unchanged(ns, xs, h0, W_ih, W_hh, b, out_grads):
+    """rnn_bptt on the case, with a correct rnn_step lent; it must leave its inputs as they were."""
+    inputs = (xs, h0, W_ih, W_hh, b, out_grads)
+    before = [a.clone() for a in inputs]
+    with lend(ns, rnn_step=_lent_rnn_step):
+        value = ns["rnn_bptt"](*inputs)
+    names = ("xs", "h0", "W_ih", "W_hh", "b", "out_grads")
+    for name, a, was in zip(names, inputs, before):
+        if not (a.shape == was.shape and torch.equal(a, was)):
+            raise AssertionError(f"rnn_bptt changed its input {name}: leave the inputs as they were")
+    return value
+
+
+def bptt_inputs(B, T, n_in, H, seed, scale=1.0, last_only=False, zero_h0=False):
+    """xs (B, T, I), h0 (B, H), W_ih (H, I), W_hh (H, H), b (H,), out_grads (B, T, H), float64, seeded.
+    Weights as torch.nn.RNN draws them (uniform within 1/sqrt(H)) times ``scale``; ``last_only``: the loss
+    sends a gradient into the last state only."""
+    g = torch.Generator().manual_seed(seed)
+    bound = scale / math.sqrt(H)
+
+    def uniform(*shape):
+        return (torch.rand(*shape, generator=g, dtype=torch.float64) * 2 - 1) * bound
+
+    xs = torch.randn(B, T, n_in, generator=g, dtype=torch.float64)
+    h0 = torch.zeros(B, H, dtype=torch.float64) if zero_h0 else torch.randn(B, H, generator=g, dtype=torch.float64)
+    W_ih, W_hh, b = uniform(H, n_in), uniform(H, H), uniform(H)
+    out_grads = torch.randn(B, T, H, generator=g, dtype=torch.float64)
+    if last_only:
+        out_grads[:, :-1] = 0.0
+    return xs, h0, W_ih, W_hh, b, out_grads
+
+
+# the worked example of Part 2: one unit, h_1 = h_2 = 1/2, a gradient into h_2 only
+_X1 = math.log(3.0) / 2  # tanh(x_1) = 1/2
+BPTT_TINY = tuple(torch.tensor(v, dtype=torch.float64) for v in (
+    [[[_X1], [_X1 - 1.0]]], [[0.0]], [[1.0]], [[2.0]], [0.0], [[[0.0], [1.0]]]))
+
 LN3 = math.log(3.0)
 t = torch.tensor
 
@@ -61,6 +111,13 @@ PARTS = {
         "batch of 4, I = 3, H = 5": random_tensors(cell_shapes(4, 3, 5), seed=0),
     }, switched_off=RNN_BUILT_INS,
         why="torch's RNN kernels are switched off in this test: write the step yourself"),
+    "rnn_bptt": Part("test_rnn_bptt", "rnn_bptt", {
+        # h = [1/2, 1/2]; d = [1.5, 1], dh0 = 2.25, dW_hh = 0.375, db = 1.875, dW_ih = 1.125 x_1 + 0.75 x_2
+        "the hand-worked example: T = 2, one unit": BPTT_TINY,
+        "B = 3, T = 6, I = 4, H = 5, a gradient at every step": bptt_inputs(3, 6, 4, 5, seed=0),
+        "50 steps, a gradient into the last state only": bptt_inputs(2, 50, 3, 8, seed=1, last_only=True),
+    }, call=_bptt_unchanged, switched_off=AUTOGRAD,
+        why="autograd is switched off in this test: backpropagate through time by hand"),
     "lstm_step": Part("test_lstm_step", "lstm_step", {
         # i = 0.75, f = 0.25, g = 0.5, o = 0.75 -> c' = 0.875, h' = 0.75 tanh(0.875)
         "the hand-worked example": (t([[1.0]]), t([[1.0]]), t([[2.0]]), torch.zeros(4, 1), torch.zeros(4, 1),

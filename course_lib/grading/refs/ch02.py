@@ -1,8 +1,8 @@
 """Exercise 2: expected values and the hidden cases.
 
 pair_counts and merge: independent one-liners here (a Counter over zip, a skip-scan).
-train and encode: the course's ``BPETokenizer`` (the reference the old tests used), its
-merges of byte strings turned into pairs of ids. Every case keeps the vocabulary's byte
+train, encode and encode_special: the course's ``BPETokenizer`` (the reference the old
+tests used), its merges of byte strings turned into pairs of ids. Every case keeps the vocabulary's byte
 strings distinct, so ids and byte strings name the same tokens.
 """
 
@@ -143,9 +143,57 @@ def _encode_cases(rng):
     return cases
 
 
+# ---------------------------------------------------------------- Part 5
+def _byte_merges(merges):
+    byte_merges, vocab = [], [bytes([i]) for i in range(256)]
+    for a, b in merges:
+        byte_merges.append((vocab[a], vocab[b]))
+        vocab.append(vocab[a] + vocab[b])
+    assert _distinct(vocab), "a case whose vocabulary repeats a byte string"
+    return byte_merges
+
+
+def _special_expected(text, merges, special_tokens):
+    assert len(set(special_tokens)) == len(special_tokens), "distinct special tokens"
+    return BPETokenizer(_byte_merges(merges), special_tokens).encode(text)
+
+
+EOT = "<|endoftext|>"
+
+
+def _special_cases(rng):
+    low = _id_merges("low low low lower lowest newer newer wider", 8)
+    cases = {
+        "no special tokens: the same as encode": ("lowest newer<|endoftext|>", low, []),
+        "a text without any special token": ("the lower wider", low, [EOT]),
+        "an empty text": ("", low, [EOT]),
+        "only special tokens, adjacent": (EOT * 3, low, [EOT]),
+        "at the start and at the end": (EOT + "newer lower" + EOT, low, [EOT]),
+        "inside a word: no merge crosses it": ("lo" + EOT + "wer", low, [EOT]),
+        "almost a special token is ordinary text": ("low<|endoftext| <|endoftext>" + EOT[:-1], low, [EOT]),
+        "regex metacharacters: [MASK] is not a character class": ("the [MASK] sat, MASK [MAS", low, ["[MASK]"]),
+        "regex metacharacters: a|b and .* are literal": ("a|b is not a or b; .* is not all", low, ["a|b", ".*"]),
+        "three special tokens: ids in the order given": ("<|b|>low<|a|> <|c|>lower<|b|>", low,
+                                                         ["<|b|>", "<|a|>", "<|c|>"]),
+        "one special token starts another: the longest that matches": ("<|a|><|a|>b<|a|>", low,
+                                                                        ["<|a|>", "<|a|>b"]),
+        "leftmost first, then longest": ("xabcd abcd", low, ["bcd", "ab"]),
+        "multi-byte special token and text": ("naïve 🔚 café🔚東京", _id_merges("naïve café 東京 東京", 10), ["🔚"]),
+        "no merges at all": ("low" + EOT + "low", [], [EOT]),
+    }
+    for i in range(3):
+        train_text, n = _random_train_text(rng)
+        specials = [EOT, "<|pad|>"][: 1 + i % 2]
+        pieces = [_random_text(rng, "abcde!", 2) if rng.random() < 0.6 else str(rng.choice(specials))
+                  for _ in range(8)]
+        cases[f"random text {i + 1}"] = ("".join(pieces), _id_merges(train_text, n), specials)
+    return cases
+
+
 REFS = {
     "pair_counts": Ref(_pairs_expected, hidden=_pairs_cases),
     "merge": Ref(_merge_expected, hidden=_merge_cases),
     "train": Ref(_train_expected, hidden=_train_cases),
     "encode": Ref(_encode_expected, hidden=_encode_cases),
+    "encode_special": Ref(_special_expected, hidden=_special_cases),
 }

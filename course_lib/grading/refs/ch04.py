@@ -1,11 +1,17 @@
 """Exercise 4: expected values from torch.nn's cells and torch.nn.utils.clip_grad_norm_ (and
-course_lib's tbptt_batches, as the old tests had); the hidden cases."""
+course_lib's tbptt_batches, as the old tests had); the hidden cases.
+
+rnn_bptt: autograd in float64 through ``torch.nn.RNNCell`` run step by step (its ``bias_ih``
+holding b, ``bias_hh`` zero), each state kept with ``retain_grad`` so that its ``.grad`` is
+the whole dL/dh_t (every path through the later steps); the loss is
+``sum_t (out_grads[:, t] * h_t).sum()``. Compared within 1e-6 (relative) and 1e-12 (absolute: the norms
+of a vanishing gradient are tiny, and each is compared relatively down to there)."""
 
 import numpy as np
 import torch
 
 import course_lib.rnn as ours
-from course_lib.grading.cases.ch04 import cell_shapes, random_tensors
+from course_lib.grading.cases.ch04 import BPTT_TINY, bptt_inputs, cell_shapes, random_tensors
 from course_lib.grading.verdict import Ref
 
 
@@ -70,6 +76,51 @@ def _cell_cases(gates, with_c=False):
     return hidden
 
 
+def _bptt_expected(xs, h0, W_ih, W_hh, b, out_grads):
+    """({"W_ih", "W_hh", "b", "h0"}: dL/d each, (T,) the norm of dL/dh_t at every step), by autograd."""
+    T, (H, n_in) = xs.shape[1], W_ih.shape
+    cell = torch.nn.RNNCell(n_in, H).to(torch.float64)
+    with torch.no_grad():
+        cell.weight_ih.copy_(W_ih)
+        cell.weight_hh.copy_(W_hh)
+        cell.bias_ih.copy_(b)
+        cell.bias_hh.zero_()
+    cell.bias_hh.requires_grad_(False)
+    h0 = h0.clone().requires_grad_(True)
+    with torch.enable_grad():
+        h, states = h0, []
+        for step in range(T):
+            h = cell(xs[:, step], h)
+            h.retain_grad()
+            states.append(h)
+        loss = sum((out_grads[:, step] * states[step]).sum() for step in range(T))
+        loss.backward()
+    grads = {"W_ih": cell.weight_ih.grad, "W_hh": cell.weight_hh.grad, "b": cell.bias_ih.grad, "h0": h0.grad}
+    norms = torch.stack([torch.linalg.vector_norm(state.grad) for state in states])
+    return {k: v.detach().clone() for k, v in grads.items()}, norms.detach().clone()
+
+
+def _bptt_cases(rng):
+    def seed():
+        return int(rng.integers(2 ** 31))
+
+    cases = {
+        "the worked example's weights, a gradient at both steps": (*BPTT_TINY[:5], torch.tensor([[[0.5], [-1.0]]],
+                                                                                             dtype=torch.float64)),
+        "one step (T = 1)": bptt_inputs(4, 1, 3, 5, seed()),
+        "a zero initial state": bptt_inputs(3, 7, 2, 4, seed(), zero_h0=True),
+        "saturated units (weights x 4)": bptt_inputs(2, 12, 5, 6, seed(), scale=4.0),
+        "input size larger than the state": bptt_inputs(2, 9, 10, 3, seed()),
+        "one sequence, one unit": bptt_inputs(1, 8, 1, 1, seed()),
+        "100 steps, a gradient into the last state only": bptt_inputs(3, 100, 4, 16, seed(), last_only=True),
+        "50 steps, all weights x 4 (saturated units)": bptt_inputs(2, 50, 3, 8, seed(), scale=4.0, last_only=True),
+    }
+    for k in range(2):
+        B, T, n_in, H = (int(v) for v in rng.integers(1, 9, size=4))
+        cases[f"random sizes {k + 1}"] = bptt_inputs(B, T + 1, n_in, H, seed(), scale=float(rng.uniform(0.5, 3.0)))
+    return cases
+
+
 def _tbptt_expected(data, batch_size, bptt):
     """course_lib's chunks, in data's dtype (course_lib reads the ids as int64)."""
     return [(x.to(data.dtype).clone(), y.to(data.dtype).clone()) for x, y in ours.tbptt_batches(data, batch_size, bptt)]
@@ -131,6 +182,7 @@ def _clip_cases(rng):
 
 REFS = {
     "rnn_step": Ref(_rnn_expected, hidden=_cell_cases(1), rtol=1e-5, atol=1e-5),
+    "rnn_bptt": Ref(_bptt_expected, hidden=_bptt_cases, rtol=1e-6, atol=1e-12),
     "lstm_step": Ref(_lstm_expected, hidden=_cell_cases(4, with_c=True), rtol=1e-5, atol=1e-5),
     "tbptt_batches": Ref(_tbptt_expected, hidden=_tbptt_cases, rtol=0.0, atol=0.0),
     "clip_grad_norm": Ref(_clip_expected, hidden=_clip_cases, rtol=1e-5, atol=1e-6),
