@@ -1,15 +1,19 @@
 """Exercise 5 (sequence to sequence, attention and BLEU): the graded parts and their visible cases.
 
 Nothing that is not plain data crosses, so the call adapters build what the graded code is
-handed from plain arguments: Part 2's ``Decoder`` from its sizes and a state dict, Part 3's
-``step`` function from a table of probabilities, a table of log-probabilities or the
-weights of a tiny GRU language model.
+handed from plain arguments: Part 2's GRU from a state dict, Part 3's ``Decoder`` from its
+sizes and a state dict, Part 4's ``step`` function from a table of probabilities, a table
+of log-probabilities or the weights of a tiny GRU language model.
 
-No cascades: Part 2 (``decoder_step``) and Part 5 (``bleu``) build on Parts 1 and 4. While
+Part 2's GRU runs only on the whole batch (``WholeBatchGRU``): a call on fewer rows than
+the batch, or on a packed sequence, raises. So the part asks for a batched encoder, not a
+loop over the sources nor ``pack_padded_sequence``.
+
+No cascades: Part 3 (``decoder_step``) and Part 6 (``bleu``) build on Parts 1 and 5. While
 their cases run, ``additive_attention`` and ``modified_precision`` in the notebook are the
 course's references (the chapter's ``AdditiveAttention`` with the given weights, and
 ``course_lib.metrics.modified_precision``), restored afterwards; the functions those need
-are exempt from the guard for the time. So a bug in Part 1 or 4 costs that part only.
+are exempt from the guard for the time. So a bug in Part 1 or 5 costs that part only.
 """
 
 import importlib
@@ -23,7 +27,7 @@ from course_lib import metrics, seq2seq, train
 from course_lib.grading.kernel import Part, lend
 
 BOS, EOS = 1, 2  # the chapter's numbering: 0 = <pad>, 1 = <s>, 2 = </s>
-A_, B_ = 3, 4  # Part 3's two words, a and b
+A_, B_ = 3, 4  # Part 4's two words, a and b
 
 
 # ----------------------------------------------------------------------------- Part 1: attention
@@ -75,7 +79,65 @@ TINY = (t([[0.0]]), t([[[0.0, 1.0], [R, 2.0], [9.0, 9.0]]]), t([[True, True, Fal
         t([[1.0]]), t([[1.0, 0.0]]), t([2 * math.log(3.0)]))
 
 
-# ----------------------------------------------------------------------------- Part 2: a decoder step
+# ----------------------------------------------------------------------------- Part 2: the encoder over a padded batch
+class WholeBatchGRU(torch.nn.GRU):
+    """``torch.nn.GRU(batch_first=True)`` that runs on the whole batch only: an input (B, n, C)
+    with the batch's B rows, never a packed sequence."""
+
+    def __init__(self, *args, batch, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.batch = batch
+
+    def forward(self, input, hx=None):
+        if not isinstance(input, torch.Tensor):
+            raise TypeError(f"in this part rnn takes a tensor (B, n, C), got {type(input).__name__}: "
+                            "packed sequences are not allowed, write the masking yourself")
+        if input.dim() != 3 or input.shape[0] != self.batch:
+            raise ValueError(f"call rnn on the whole batch: an input (B, n, C) with B = {self.batch} rows, "
+                             f"got {tuple(input.shape)}")
+        return super().forward(input, hx)
+
+
+def gru_weights(C, H, L, seed, dtype=torch.float32):
+    """The parameters of a torch.nn.GRU(C, H, L) initialized from torch's seed ``seed``, by name."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        gru = torch.nn.GRU(C, H, L, batch_first=True).to(dtype)
+    return {name: p.detach().clone() for name, p in gru.named_parameters()}
+
+
+def gru_sizes(weights):
+    """(C, H, L) of the GRU these parameters belong to."""
+    L = sum(name.startswith("weight_ih_l") for name in weights)
+    return weights["weight_ih_l0"].shape[1], weights["weight_hh_l0"].shape[1], L
+
+
+def encoder_inputs(B, S, C, lengths, seed, dtype=torch.float32, pad_value=100.0):
+    """x (B, S, C), seeded, with ``pad_value`` at every padded position; lengths (B,) long."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, S, C, generator=g, dtype=dtype)
+    lengths = torch.tensor(lengths)
+    real = torch.arange(S)[None, :] < lengths[:, None]  # (B, S)
+    return x.masked_fill(~real[:, :, None], pad_value), lengths  # what sits at padding must not count
+
+
+PACKING = tuple(("torch.nn.utils.rnn", name) for name in ("pack_padded_sequence", "pack_sequence"))
+
+
+def _encode(ns, x, lengths, weights):
+    """encode_padded on a WholeBatchGRU with these weights."""
+    C, H, L = gru_sizes(weights)
+    rnn = WholeBatchGRU(C, H, L, batch_first=True, batch=x.shape[0]).to(weights["weight_ih_l0"].dtype)
+    rnn.load_state_dict(weights)
+    with torch.no_grad():
+        return ns["encode_padded"](x, lengths, rnn)
+
+
+def _encoder_case(B, S, C, H, L, lengths, seed, dtype=torch.float32):
+    return (*encoder_inputs(B, S, C, lengths, seed, dtype), gru_weights(C, H, L, seed, dtype))
+
+
+# ----------------------------------------------------------------------------- Part 3: a decoder step
 def decoder_weights(V, C, H, seed, A=None, L=1, dtype=torch.float32):
     """(sizes, state dict) of one of the chapter's decoders, initialized from torch's seed ``seed``."""
     sizes = {"V": V, "C": C, "H": H, "A": A, "L": L}
@@ -134,7 +196,7 @@ ZERO = _zero_decoder()
 SMALL = decoder_weights(V=7, C=4, H=6, seed=1)
 
 
-# ----------------------------------------------------------------------------- Part 3: beam search
+# ----------------------------------------------------------------------------- Part 4: beam search
 def make_step(model):
     """(step, state) from a plain description of a model (see the three kinds below)."""
     kind = model["kind"]
@@ -191,7 +253,7 @@ def _beam_search(ns, model, beam_size, max_len, length_penalty):
 CHAIN = {"kind": "table", "V": 5, "table": {(): {A_: 0.6, B_: 0.4}, (A_,): {A_: 0.35, B_: 0.25, EOS: 0.4}}}
 
 
-# ----------------------------------------------------------------------------- Parts 4 and 5: BLEU
+# ----------------------------------------------------------------------------- Parts 5 and 6: BLEU
 def _bleu_built_ins():
     """The BLEU functions of nltk and sacrebleu, where they are installed."""
     pairs = []
@@ -258,6 +320,12 @@ PARTS = {
     }, switched_off=SOFTMAX_FAMILY,
         why="torch's softmax, log_softmax and logsumexp are switched off in this test: "
             "mask the scores and write the softmax yourself"),
+    "encode_padded": Part("test_encode_padded", "encode_padded", {
+        "no padding: rnn(x) itself": _encoder_case(B=2, S=4, C=3, H=5, L=1, lengths=[4, 4], seed=0),
+        "one layer, lengths 5, 2, 3": _encoder_case(B=3, S=5, C=4, H=6, L=1, lengths=[5, 2, 3], seed=1),
+        "two layers, lengths 4, 1, 6": _encoder_case(B=3, S=6, C=3, H=5, L=2, lengths=[4, 1, 6], seed=2),
+    }, call=_encode, switched_off=PACKING,
+        why="packing does the masking for you: in this part, write it yourself"),
     "decoder_step": Part("test_decoder_step", "decoder_step", {
         "all weights zero but the output bias": (*step_inputs(ZERO[0], B=2, S=3, seed=0, lengths=[3, 2]), *ZERO),
         "batch of 3, S = 5, H = 6": (*step_inputs(SMALL[0], B=3, S=5, seed=1, lengths=[5, 2, 4]), *SMALL),

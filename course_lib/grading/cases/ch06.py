@@ -1,6 +1,6 @@
 """Exercise 6 (the Transformer from scratch): the graded parts and their visible cases.
 
-A module cannot cross as data: Part 3's ``MultiHeadAttention`` and Part 6's pre-LN
+A module cannot cross as data: Part 4's ``MultiHeadAttention`` and Part 7's pre-LN
 ``EncoderBlock`` travel as a state dict (a dict of tensors) and a number of heads, and
 the call builds the course_lib module from them (its constructor is exempt from the
 guard; its forward, ``split_heads``, ``merge_heads`` and the block's ``ln1(x)``,
@@ -8,8 +8,14 @@ guard; its forward, ``split_heads``, ``merge_heads`` and the block's ``ln1(x)``,
 below). Inputs arrive as fresh contiguous tensors: the one case of a non-contiguous input
 (``merge_heads``) is made so by its call.
 
-No cascades: while Part 3 runs, the notebook's ``attention``, ``split_heads`` and
-``merge_heads`` are course_lib's; while Part 6 runs, those and ``layer_norm`` and
+Part 2b (``decoder_self_attention``) is graded on its output and, in the cases that pass a
+tensor ``grad_out``, on the gradients of ``(out * grad_out).sum()`` for q, k and v as well:
+the call backpropagates and returns ``(out, dq, dk, dv)``.
+
+No cascades: while Part 2b runs, the notebook's ``decoder_mask`` is the course's (built
+from ``causal_mask`` and ``padding_mask``) and ``attention`` is switched off (the part is
+written out in full); while Part 4 runs, ``attention``, ``split_heads`` and
+``merge_heads`` are course_lib's; while Part 7 runs, those and ``layer_norm`` and
 ``multi_head_attention`` are; the student's own are put back after each call. A bug in an
 earlier part costs that part only.
 
@@ -125,11 +131,40 @@ def _attention_refs():
     return (_attn.scaled_dot_product_attention, _attn._check_mask, _attn._shape)
 
 
+def _decoder_mask(lengths, T):
+    """Part 2a's mask, lent while Part 2b runs: (B, 1, T, T) bool, True where s <= t < lengths[b]."""
+    real = _attn.padding_mask(lengths, max_len=T)  # (B, 1, 1, T): the real keys
+    return _attn.causal_mask(T) & real & real.transpose(-1, -2)  # no future key, no padded key or query
+
+
+def _decoder_mask_refs():
+    return (_attn.causal_mask, _attn.padding_mask, _attn._shape)
+
+
+def _no_attention(*args, **kwargs):
+    raise AssertionError("attention (Part 1) is switched off in this test: write this part's attention out in full")
+
+
 # ---------------------------------------------------------------------------- the calls
 def _merge(ns, x, non_contiguous=False):
     if non_contiguous:  # the same numbers, laid out as a transpose leaves them
         x = x.transpose(1, 2).contiguous().transpose(1, 2)
     return ns["merge_heads"](x)
+
+
+def _decoder_attention(ns, q, k, v, lengths, grad_out=None):
+    """decoder_self_attention's output; with ``grad_out`` also the gradients of (out * grad_out).sum()
+    for q, k and v: (out, dq, dk, dv)."""
+    with lend(ns, decoder_mask=_decoder_mask, attention=_no_attention):
+        if grad_out is None:
+            with torch.no_grad():
+                return ns["decoder_self_attention"](q, k, v, lengths)
+        q, k, v = (t.clone().requires_grad_() for t in (q, k, v))
+        out = ns["decoder_self_attention"](q, k, v, lengths)
+        if isinstance(out, torch.Tensor) and out.requires_grad:  # an output of zeros alone may have no graph
+            (out * grad_out).sum().backward()
+        return (out.detach() if isinstance(out, torch.Tensor) else out,
+                *(torch.zeros_like(t) if t.grad is None else t.grad for t in (q, k, v)))
 
 
 def _mha(ns, x, state, n_heads, mask):
@@ -162,6 +197,19 @@ def _block_exempt():
     # the whole MultiHeadAttention (block.self_attn(h) is the injected multi_head_attention) and LayerNorm's
     # forward (block.ln1(x) is the injected layer_norm); not the block's forward nor the FFN's
     return _constructors() + _attention_refs() + (_attn.MultiHeadAttention, _tf.LayerNorm.forward)
+
+
+def decoder_qkv(B, nh, T, hs, hv, lengths, seed, dtype=torch.float32, scale=1.0, grad=False):
+    """q, k (B, nh, T, hs), v (B, nh, T, hv), lengths (B,), seeded; with ``grad`` a random grad_out
+    (B, nh, T, hv) too. The padded positions hold large numbers: they must not count."""
+    q, k, v = random_qkv((B, nh), T=T, S=T, hs=hs, hv=hv, seed=seed, dtype=dtype, scale=scale)
+    lengths = torch.tensor(lengths)
+    padded = ~(torch.arange(T)[None, :] < lengths[:, None])[:, None, :, None]  # (B, 1, T, 1)
+    q, k, v = (t.masked_fill(padded, 30.0) for t in (q, k, v))
+    if not grad:
+        return q, k, v, lengths
+    return q, k, v, lengths, torch.randn(B, nh, T, hv, generator=torch.Generator().manual_seed(seed + 1000),
+                                         dtype=dtype)
 
 
 # ---------------------------------------------------------------------------- visible cases
@@ -198,6 +246,19 @@ PARTS = {
         "random q, k, v, batch of 2, no mask": (*random_qkv((2,), T=4, S=4, hs=8, hv=8, seed=0), None),
         "random q, k, v, batch of 2, a causal mask": (*random_qkv((2,), T=4, S=4, hs=8, hv=8, seed=0), causal(4)),
     }, switched_off=ATTENTION_BUILT_INS,
+        why="torch's attention kernels are switched off in this test: write the attention yourself"),
+    "decoder_mask": Part("test_decoder_mask", "decoder_mask", {
+        "the hand-worked example: lengths 3, 1 and T = 3": (torch.tensor([3, 1]), 3),
+        "T longer than every sequence, an empty sequence": (torch.tensor([4, 0, 2]), 5),
+    }),
+    "decoder_self_attention": Part("test_decoder_self_attention", "decoder_self_attention", {
+        "the hand-worked example: all scores 0, lengths 3, 1": (
+            torch.zeros(2, 1, 3, 1), torch.zeros(2, 1, 3, 1),
+            torch.tensor([[[[1.0], [2.0], [4.0]]], [[[8.0], [16.0], [32.0]]]]), torch.tensor([3, 1])),
+        "2 heads, lengths 5, 3, 0": decoder_qkv(B=3, nh=2, T=5, hs=4, hv=3, lengths=[5, 3, 0], seed=0),
+        "the gradients too: lengths 4, 2": decoder_qkv(B=2, nh=2, T=4, hs=4, hv=4, lengths=[4, 2], seed=1,
+                                                        grad=True),
+    }, call=_decoder_attention, exempt=_decoder_mask_refs, switched_off=ATTENTION_BUILT_INS,
         why="torch's attention kernels are switched off in this test: write the attention yourself"),
     "split_heads": Part("test_split_heads", "split_heads", {
         "the hand-worked example": (torch.arange(8.0).view(1, 2, 4), 2),

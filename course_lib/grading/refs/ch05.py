@@ -1,14 +1,14 @@
 """Exercise 5: expected values from the chapter's references (course_lib.seq2seq's AdditiveAttention,
 Decoder.step and beam_search; course_lib.metrics' modified_precision and corpus_bleu, equal to
-sacrebleu's); the hidden cases."""
+sacrebleu's) and, for Part 2, from torch.nn.GRU run on each source alone; the hidden cases."""
 
 import torch
 
 from course_lib import metrics, seq2seq
 from course_lib.grading import compare
 from course_lib.grading.cases.ch05 import (A_, B_, BOS, CHAIN, EOS, MAT, attention_inputs, build_decoder,
-                                           decoder_weights, make_step, random_log_probs, random_tokens,
-                                           reference_attention, step_inputs, TINY)
+                                           decoder_weights, encoder_inputs, gru_sizes, gru_weights, make_step,
+                                           random_log_probs, random_tokens, reference_attention, step_inputs, TINY)
 from course_lib.grading.verdict import Ref
 
 s = str.split
@@ -53,6 +53,65 @@ def _attention_cases(rng):
 
 
 # ----------------------------------------------------------------------------- Part 2
+def _encode_expected(x, lengths, weights):
+    """Each source alone, without its padding, through torch.nn.GRU with these weights, in float64:
+    (outputs (B, S, H), zeros at padding; every layer's final state (L, B, H)), in x's dtype."""
+    C, H, L = gru_sizes(weights)
+    gru = torch.nn.GRU(C, H, L, batch_first=True).double()
+    gru.load_state_dict({name: w.double() for name, w in weights.items()})
+    B, S, _ = x.shape
+    outputs = torch.zeros(B, S, H, dtype=torch.float64)
+    states = []
+    with torch.no_grad():
+        for b, n in enumerate(lengths.tolist()):
+            out, h = gru(x[b:b + 1, :n].double())  # (1, n, H), (L, 1, H): the source alone
+            outputs[b, :n] = out[0]
+            states.append(h[:, 0])
+    return outputs.to(x.dtype), torch.stack(states, dim=1).to(x.dtype)  # (B, S, H), (L, B, H)
+
+
+def _encode_compare(result, expected, args):
+    """A pair; the outputs exactly 0 at padding, then both within rtol 1e-5, atol 1e-6."""
+    if type(result) is not tuple or len(result) != 2:
+        return compare.same(result, expected)
+    mismatch = compare.same(result[0], expected[0], 1e-5, 1e-6, "the outputs")
+    if mismatch:
+        return mismatch
+    B, S, H = expected[0].shape
+    lengths = args[1].values
+    padded = [v for i, v in enumerate(result[0].values) if (i // H) % S >= lengths[i // (S * H)]]
+    if any(v != 0 for v in padded):
+        return compare.Mismatch("value", f"the outputs: padded positions must be exactly 0, got {padded[:8]}")
+    return compare.same(result[1], expected[1], 1e-5, 1e-6, "the final state")
+
+
+def _encode_case(rng, B, S, C, H, L, lengths=None, dtype=torch.float32, pad_value=100.0):
+    if lengths is None:
+        lengths = [int(n) for n in rng.integers(1, S + 1, size=B)]
+    seed = _seed(rng)
+    return (*encoder_inputs(B, S, C, lengths, seed, dtype, pad_value), gru_weights(C, H, L, seed, dtype))
+
+
+def _encode_cases(rng):
+    cases = {
+        "float64, two layers": _encode_case(rng, B=4, S=7, C=5, H=6, L=2, lengths=[7, 3, 1, 5],
+                                            dtype=torch.float64),
+        "three layers, a batch of 5": _encode_case(rng, B=5, S=6, C=3, H=4, L=3, lengths=[2, 6, 6, 1, 4]),
+        "a batch of one padded source": _encode_case(rng, B=1, S=5, C=4, H=5, L=2, lengths=[2]),
+        "every source one token long": _encode_case(rng, B=3, S=4, C=2, H=3, L=2, lengths=[1, 1, 1]),
+        "S = 1": _encode_case(rng, B=2, S=1, C=3, H=4, L=1, lengths=[1, 1]),
+        "C = H = 1": _encode_case(rng, B=3, S=5, C=1, H=1, L=1, lengths=[5, 1, 3]),
+        "long sources, the longest last": _encode_case(rng, B=4, S=12, C=4, H=8, L=1, lengths=[3, 9, 5, 12]),
+        "no padding, two layers": _encode_case(rng, B=3, S=5, C=3, H=4, L=2, lengths=[5, 5, 5]),
+        "padding of small numbers": _encode_case(rng, B=3, S=6, C=4, H=5, L=2, lengths=[6, 2, 4], pad_value=0.5),
+    }
+    for i, dtype in enumerate((torch.float32, torch.float64, torch.float32)):
+        B, S, C, H, L = (int(n) for n in rng.integers([1, 1, 1, 1, 1], [6, 9, 6, 8, 4]))
+        cases[f"random sizes {i + 1}"] = _encode_case(rng, B=B, S=S, C=C, H=H, L=L, dtype=dtype)
+    return cases
+
+
+# ----------------------------------------------------------------------------- Part 3
 def _step_expected(y_prev, state, encoder_outputs, mask, sizes, weights):
     decoder = build_decoder(sizes, weights)
     with torch.no_grad():
@@ -80,7 +139,7 @@ def _step_cases(rng):
     return cases
 
 
-# ----------------------------------------------------------------------------- Part 3
+# ----------------------------------------------------------------------------- Part 4
 def _beam_expected(model, beam_size, max_len, length_penalty):
     step, state = make_step(model)
     return seq2seq.beam_search(step, state, beam_size, max_len, BOS, EOS, length_penalty)
@@ -125,7 +184,7 @@ def _beam_cases(rng):
     return cases
 
 
-# ----------------------------------------------------------------------------- Part 4
+# ----------------------------------------------------------------------------- Part 5
 def _precision_cases(rng):
     cases = {
         "no n-gram in the hypothesis": (s("the cat"), [s("the cat sat")], 3),
@@ -143,7 +202,7 @@ def _precision_cases(rng):
     return cases
 
 
-# ----------------------------------------------------------------------------- Part 5
+# ----------------------------------------------------------------------------- Part 6
 def _bleu_expected(hypotheses, references, max_order):
     """The chapter's corpus_bleu (equal to sacrebleu's) on the texts that the tokens spell."""
     hyp_texts = [" ".join(h) for h in hypotheses]
@@ -176,6 +235,7 @@ def _bleu_cases(rng):
 
 REFS = {
     "additive_attention": Ref(reference_attention, hidden=_attention_cases, compare=_attention_compare),
+    "encode_padded": Ref(_encode_expected, hidden=_encode_cases, compare=_encode_compare),
     "decoder_step": Ref(_step_expected, hidden=_step_cases, rtol=1e-5, atol=1e-5),
     "beam_search": Ref(_beam_expected, hidden=_beam_cases, rtol=1e-9, atol=1e-12),
     "modified_precision": Ref(metrics.modified_precision, hidden=_precision_cases),

@@ -1,5 +1,6 @@
 """Exercise 6: expected values from torch (F.scaled_dot_product_attention, nn.MultiheadAttention,
-F.layer_norm, nn.TransformerEncoderLayer) and course_lib (split, merge, the sinusoids); the hidden cases.
+F.layer_norm, nn.TransformerEncoderLayer) and course_lib (split, merge, the sinusoids); Part 2's mask
+written out by its rule, and its attention run on each sequence alone with torch; the hidden cases.
 
 The hidden cases keep every fixed input of the old hidden tests (drawn with the same torch
 generators) and add random ones drawn with the grading seed's ``rng``. The attention, layer
@@ -17,7 +18,7 @@ import torch.nn.functional as F
 from course_lib import attention as _attn
 from course_lib import transformer as _tf
 from course_lib.grading import compare
-from course_lib.grading.cases.ch06 import TINY, block_state, causal, mha_state, padding, random_qkv
+from course_lib.grading.cases.ch06 import TINY, block_state, causal, decoder_qkv, mha_state, padding, random_qkv
 from course_lib.grading.verdict import Ref
 
 # ---------------------------------------------------------------------------- float64 references
@@ -101,7 +102,107 @@ def _attention_cases(rng):
     return cases
 
 
-# ---------------------------------------------------------------------------- Part 2: split and merge
+# ---------------------------------------------------------------------------- Part 2: a decoder's mask and attention
+def _mask_expected(lengths, T):
+    """(B, 1, T, T) bool by the rule itself: query t of sequence b may attend to key s iff s <= t < lengths[b]."""
+    n = lengths.tolist()
+    return torch.tensor([[[[s <= t < n[b] for s in range(T)] for t in range(T)]] for b in range(len(n))],
+                        dtype=torch.bool).reshape(len(n), 1, T, T)
+
+
+def _mask_cases(rng):
+    cases = {
+        "no padding: the causal mask for every sequence": (torch.tensor([4, 4]), 4),
+        "one sequence of one position": (torch.tensor([1]), 1),
+        "one empty sequence of one position": (torch.tensor([0]), 1),
+        "every sequence empty": (torch.tensor([0, 0, 0]), 3),
+        "a batch of one, T = 6": (torch.tensor([4]), 6),
+        "B = T: which axis is which": (torch.tensor([3, 1, 2]), 3),
+        "lengths 1 to 6, T = 7": (torch.tensor([1, 2, 3, 4, 5, 6]), 7),
+    }
+    for i in range(4):
+        B, T = int(rng.integers(1, 7)), int(rng.integers(1, 9))
+        cases[f"random lengths {i + 1}"] = (torch.from_numpy(rng.integers(0, T + 1, size=B)), T)
+    return cases
+
+
+def _decoder_expected(q, k, v, lengths, grad_out=None):
+    """Each sequence alone: causal attention (torch's, in float64) over its first lengths[b] positions, zeros
+    at the padded queries; with grad_out also the gradients of (out * grad_out).sum() for q, k and v."""
+    dtype = q.dtype
+    q, k, v = (t.double().requires_grad_() for t in (q, k, v))
+    B, nh, T, hv = v.shape
+    rows = []
+    for b, n in enumerate(lengths.tolist()):
+        alone = F.scaled_dot_product_attention(q[b, :, :n], k[b, :, :n], v[b, :, :n], is_causal=True) if n else \
+            v.new_zeros(nh, 0, hv)  # (nh, n, hv)
+        rows.append(torch.cat([alone, v.new_zeros(nh, T - n, hv)], dim=1))  # padded queries: 0
+    out = torch.stack(rows)  # (B, nh, T, hv)
+    if grad_out is None:
+        return out.detach().to(dtype)
+    if out.requires_grad:  # not when every sequence is empty: then every gradient is 0
+        (out * grad_out.double()).sum().backward()
+    grads = (torch.zeros_like(t) if t.grad is None else t.grad for t in (q, k, v))
+    return tuple(t.detach().to(dtype) for t in (out, *grads))
+
+
+def _padded_rows(value, lengths):
+    """The numbers of a (B, nh, T, hv) result at the padded queries t >= lengths[b]."""
+    B, nh, T, hv = value.shape
+    return [x for i, x in enumerate(value.values) if (i // hv) % T >= lengths[i // (nh * T * hv)]]
+
+
+def _decoder_compare(result, expected, args):
+    """The output (padded queries exactly 0), then the gradients where asked for; rtol 1e-5, atol 1e-5."""
+    lengths = args[3].values
+    with_grads = type(expected) is tuple
+    if with_grads and (type(result) is not tuple or len(result) != 4):
+        return compare.same(result, expected)
+    out, want = (result[0], expected[0]) if with_grads else (result, expected)
+    mismatch = compare.same(out, want, 1e-5, 1e-5, "the output")
+    if mismatch:
+        return mismatch
+    padded = _padded_rows(out, lengths)
+    if any(x != 0 for x in padded):
+        return compare.Mismatch("value", f"the output: the padded queries must give exactly 0, got {padded[:8]}")
+    if with_grads:
+        for name, r, e in zip(("q", "k", "v"), result[1:], expected[1:]):
+            mismatch = compare.same(r, e, 1e-5, 1e-5, f"the gradient for {name}")
+            if mismatch:
+                return mismatch
+    return None
+
+
+def _decoder_cases(rng):
+    cases = {
+        "float64, lengths 6, 1, 4": decoder_qkv(B=3, nh=2, T=6, hs=4, hv=4, lengths=[6, 1, 4], seed=2,
+                                                dtype=torch.float64),
+        "no padding: causal attention": decoder_qkv(B=2, nh=3, T=5, hs=2, hv=2, lengths=[5, 5], seed=3),
+        "one position, an empty sequence": decoder_qkv(B=1, nh=1, T=1, hs=3, hv=2, lengths=[0], seed=4),
+        "every sequence empty, the gradients": decoder_qkv(B=2, nh=2, T=3, hs=2, hv=2, lengths=[0, 0], seed=5,
+                                                           grad=True),
+        "hv != hs, 3 heads, lengths 1 to 4": decoder_qkv(B=4, nh=3, T=4, hs=6, hv=2, lengths=[1, 4, 2, 3], seed=6),
+        "peaked scores": decoder_qkv(B=2, nh=2, T=6, hs=8, hv=4, lengths=[6, 3], seed=7, scale=4.0),
+        "the gradients, float64, lengths 5, 0, 3": decoder_qkv(B=3, nh=2, T=5, hs=4, hv=3, lengths=[5, 0, 3],
+                                                               seed=8, dtype=torch.float64, grad=True),
+        "the gradients, one position each": decoder_qkv(B=3, nh=1, T=4, hs=2, hv=2, lengths=[1, 1, 1], seed=9,
+                                                        grad=True),
+        "the gradients, peaked scores, float64": decoder_qkv(B=2, nh=2, T=5, hs=8, hv=4, lengths=[5, 2], seed=10,
+                                                             dtype=torch.float64, scale=4.0, grad=True),
+    }
+    for i in range(4):
+        dtype = _dtype(rng)
+        B, nh, T, hs, hv = (int(n) for n in rng.integers(1, 6, size=5))
+        lengths = [int(n) for n in rng.integers(0, T + 1, size=B)]
+        g = torch.Generator().manual_seed(int(rng.integers(2 ** 31)))
+        q, k, v = (torch.randn(B, nh, T, d, generator=g, dtype=dtype) for d in (hs, hs, hv))
+        grad = (torch.randn(B, nh, T, hv, generator=g, dtype=dtype),) if i % 2 else ()
+        cases[f"random sizes and lengths {i + 1}" + (", the gradients" if grad else "")] = (
+            q, k, v, torch.tensor(lengths), *grad)
+    return cases
+
+
+# ---------------------------------------------------------------------------- Part 3: split and merge
 def _split_expected(x, n_heads):
     return _attn.MultiHeadAttention(x.shape[-1], n_heads).split_heads(x).clone()
 
@@ -143,7 +244,7 @@ def _merge_cases(rng):
     return cases
 
 
-# ---------------------------------------------------------------------------- Part 3: multi-head attention
+# ---------------------------------------------------------------------------- Part 4: multi-head attention
 def _torch_mask(mask, B, nh, T, dtype):
     """Ours (bool True = may attend, or float added), broadcastable to (B, nh, T, T), as
     nn.MultiheadAttention takes it: (B * nh, T, T), bool True = may NOT attend."""
@@ -196,7 +297,7 @@ def _mha_cases(rng):
     return cases
 
 
-# ---------------------------------------------------------------------------- Part 4: the sinusoids
+# ---------------------------------------------------------------------------- Part 5: the sinusoids
 def _pe_expected(max_len, d_model, rows=None):
     table = _tf.SinusoidalPositionalEncoding(d_model, max_len).pe.clone()
     return table if rows is None else (tuple(table.shape), table[rows])
@@ -223,7 +324,7 @@ def _pe_cases(rng):
     return cases
 
 
-# ---------------------------------------------------------------------------- Part 5: layer norm
+# ---------------------------------------------------------------------------- Part 6: layer norm
 def _ln_expected(x, weight, bias, eps):
     return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
 
@@ -266,7 +367,7 @@ def _ln_cases(rng):
     return cases
 
 
-# ---------------------------------------------------------------------------- Part 6: the pre-LN block
+# ---------------------------------------------------------------------------- Part 7: the pre-LN block
 def _block_expected(x, state, n_heads, mask):
     """The same weights in torch.nn.TransformerEncoderLayer(norm_first=True)."""
     B, T, C = x.shape
@@ -309,6 +410,8 @@ def _block_cases(rng):
 
 REFS = {
     "attention": Ref(in_float64(_attention_expected), hidden=_attention_cases, rtol=1e-5, atol=1e-5),
+    "decoder_mask": Ref(_mask_expected, hidden=_mask_cases),
+    "decoder_self_attention": Ref(_decoder_expected, hidden=_decoder_cases, compare=_decoder_compare),
     "split_heads": Ref(_split_expected, hidden=_split_cases, rtol=0, atol=0),
     "merge_heads": Ref(_merge_expected, hidden=_merge_cases, rtol=0, atol=0),
     "multi_head_attention": Ref(in_float64(_mha_expected), hidden=_mha_cases, rtol=1e-5, atol=1e-5),
