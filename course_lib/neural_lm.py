@@ -22,9 +22,11 @@ Both keep the contract of every model in the course: ``forward(idx, targets=None
     >>> tuple(logits.shape), round(loss.item(), 4)   # ln 3 nats per token
     ((1, 2, 3), 1.0986)
 
-Scope: no direct input-to-output connections (Bengio's optional ones), no batch norm and
-no dropout; the initialisation is PyTorch's default. The chapter needs none of them to
-show what a learned model adds over counts.
+Scope: no direct input-to-output connections (Bengio's optional ones) and no batch norm;
+the initialisation is PyTorch's default. Dropout on the hidden layer is optional and off by
+default (``MLPConfig.dropout``): chapter 3 uses it to show what it does against
+overfitting, and with ``dropout=0`` the model computes, and draws random numbers, exactly
+as without it.
 """
 
 from __future__ import annotations
@@ -139,12 +141,17 @@ class MLPConfig:
     context: int = 3  # k: how many previous tokens the model sees
     n_embd: int = 10  # C: size of one token's embedding
     n_hidden: int = 200  # H: units in the tanh hidden layer
+    dropout: float = 0.0  # p: in training, each hidden unit is zeroed with probability p (0: no dropout)
 
     def __post_init__(self):
         for name in ("vocab_size", "context", "n_embd", "n_hidden"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"MLPConfig.{name} must be an integer > 0, got {value!r}")
+        p = self.dropout
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
+            raise ValueError(f"MLPConfig.dropout must be a number in [0, 1), the probability of zeroing a "
+                             f"hidden unit in training (0 for none), got {p!r}")
 
 
 class MLPLanguageModel(nn.Module):
@@ -159,6 +166,11 @@ class MLPLanguageModel(nn.Module):
 
     Every position of idx (B, T) is scored in one pass, so a window of T tokens gives T
     training examples. ``MLPLanguageModel(MLPConfig(vocab_size=27))`` is makemore's model.
+
+    With ``config.dropout = p > 0``, in training mode (``model.train()``) each unit of h is
+    zeroed with probability p and the others are scaled by 1 / (1 - p) (``nn.Dropout``,
+    Srivastava et al. 2014), so that h keeps its expected value; in ``model.eval()`` h
+    passes unchanged. With p = 0 there is no dropout layer at all.
     """
 
     def __init__(self, config: MLPConfig):
@@ -171,6 +183,8 @@ class MLPLanguageModel(nn.Module):
         self.wte = nn.Embedding(V + 1, C)  # (V + 1, C) token embeddings, the last row for padding
         self.hidden = nn.Linear(k * C, H)  # W1 (H, k*C), b1 (H,)
         self.lm_head = nn.Linear(H, V)  # W2 (V, H), b2 (V,)
+        # only when asked for: with p = 0 the model has no dropout layer and draws no random numbers
+        self.drop = nn.Dropout(config.dropout) if config.dropout > 0 else None
 
     def get_block_size(self) -> int:
         return self.config.context
@@ -188,5 +202,7 @@ class MLPLanguageModel(nn.Module):
         emb = self.wte(contexts)  # (B, T, k, C)
         x = emb.view(B, T, k * self.config.n_embd)  # (B, T, k*C) the k embeddings side by side
         h = torch.tanh(self.hidden(x))  # (B, T, H)
+        if self.drop is not None:
+            h = self.drop(h)  # (B, T, H) in training: units zeroed with probability p, the rest scaled by 1/(1-p)
         logits = self.lm_head(h)  # (B, T, V)
         return logits, _loss(logits, targets, V)

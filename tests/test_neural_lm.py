@@ -1,6 +1,7 @@
 """course_lib.neural_lm: the bigram net against one-hot products and chapter 1's counts
 (with L2 acting as smoothing), the MLP against a slow per-position loop written with plain
-torch ops and against F.cross_entropy; the contract's shapes; bad input."""
+torch ops and against F.cross_entropy; its optional dropout (off: the model as before;
+on: only training mode changes); the contract's shapes; bad input."""
 
 import math
 from collections import Counter
@@ -217,6 +218,57 @@ def test_mlp_learns_a_pattern_counts_of_one_token_cannot_see():
     bigram_loss = -count_bigram_logprobs(seq, 3)[seq[:-1], seq[1:]].mean().item()
     assert bigram_loss > 0.3
     assert history.train_loss[-1] < 0.05
+
+
+def test_mlp_dropout_zero_is_the_model_without_dropout():
+    """dropout=0 (the default): the same weights from the same seed, the same logits as the
+    slow loop in training mode, no dropout layer, and no random numbers drawn by forward."""
+    V, k, C, H = 7, 3, 4, 16
+    plain = make_mlp(V, k, C, H, seed=5)
+    torch.manual_seed(5)
+    zero = MLPLanguageModel(MLPConfig(vocab_size=V, context=k, n_embd=C, n_hidden=H, dropout=0.0))
+    assert MLPConfig(vocab_size=V).dropout == 0.0 and zero.drop is None and plain.drop is None
+    for (name, p), (name_z, p_z) in zip(plain.named_parameters(), zero.named_parameters()):
+        assert name == name_z
+        torch.testing.assert_close(p_z, p)
+    idx = torch.randint(V, (3, 9), generator=torch.Generator().manual_seed(6))
+    zero.train()
+    state = torch.get_rng_state()
+    logits, _ = zero(idx)
+    assert torch.equal(torch.get_rng_state(), state)  # forward drew no random numbers
+    torch.testing.assert_close(logits, slow_mlp_logits(plain, idx))
+
+
+def test_mlp_dropout_changes_training_mode_only():
+    """p > 0: in train() mode hidden units are dropped (outputs differ from the dropout-free
+    computation and from one call to the next); in eval() mode the model is the slow loop."""
+    V, k, C, H, p = 7, 3, 4, 64, 0.5
+    torch.manual_seed(7)
+    model = MLPLanguageModel(MLPConfig(vocab_size=V, context=k, n_embd=C, n_hidden=H, dropout=p))
+    assert model.num_parameters() == (V + 1) * C + (k * C * H + H) + (H * V + V)  # dropout adds no parameter
+    idx = torch.randint(V, (2, 8), generator=torch.Generator().manual_seed(8))
+    expected = slow_mlp_logits(model, idx)
+    model.eval()
+    torch.testing.assert_close(model(idx)[0], expected)
+    torch.testing.assert_close(model(idx)[0], model(idx)[0])
+    model.train()
+    first, second = model(idx)[0], model(idx)[0]
+    assert not torch.allclose(first, expected)
+    assert not torch.allclose(first, second)
+    # the kept units are scaled by 1 / (1 - p): the hidden layer as the slow loop computes it, masked
+    torch.manual_seed(9)
+    got = model(idx)[0]
+    torch.manual_seed(9)
+    mask = torch.nn.functional.dropout(torch.ones(2, 8, H), p, training=True)  # (B, T, H): 0 or 1/(1-p)
+    contexts = torch.cat([torch.full((2, k - 1), V), idx], dim=1).unfold(1, k, 1)  # (B, T, k)
+    h = torch.tanh(model.hidden(model.wte(contexts).view(2, 8, k * C)))  # (B, T, H)
+    torch.testing.assert_close(got, model.lm_head(h * mask))
+
+
+@pytest.mark.parametrize("dropout", [-0.1, 1.0, 1.5, True, "0.5", None])
+def test_mlp_config_rejects_bad_dropout(dropout):
+    with pytest.raises(ValueError, match=r"MLPConfig.dropout must be a number in \[0, 1\)"):
+        MLPConfig(vocab_size=5, dropout=dropout)
 
 
 @pytest.mark.parametrize("make", [lambda: make_mlp(), lambda: BigramNet(7)], ids=["mlp", "bigram"])
