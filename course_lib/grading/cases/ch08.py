@@ -147,6 +147,83 @@ COLLATOR = tuple(("transformers", f"DataCollatorForLanguageModeling.{name}")
                  if importlib.util.find_spec("transformers") is not None)
 
 
+# ---------------------------------------------------------------- Part 6: mask_whole_words (packed as Part 1)
+def word_batch(ids, special_ids):
+    """(input_ids, word_ids) of a whole-word case: tensors as they are, or a recipe (dict) made
+    into them, the same way on both sides.
+
+    Recipe: ``shape`` (B, T), ``seed``, ``vocab_size``, ``cls``, ``sep``, ``pad`` as in
+    ``mask_batch``: ``cls`` first and ``sep`` last in every row, ``pad`` over the last quarter
+    of every other row; the positions between hold words of ordinary tokens, each piece
+    starting a new word with probability ``start`` (0.5 by default: words of 2 pieces on
+    average, some of 6 or more), or every word ``pieces`` long if given; ``fill``: every
+    ordinary position that token; ``one_d``: the first row alone. word_ids number the words
+    of each row 0, 1, 2, ... and are -1 at [CLS], [SEP] and [PAD]."""
+    if isinstance(ids, (tuple, list)):
+        return ids[0], ids[1]
+    B, T = ids["shape"]
+    g = torch.Generator().manual_seed(ids["seed"])
+    ordinary = torch.tensor([i for i in range(ids["vocab_size"]) if i not in set(special_ids)], dtype=torch.long)
+    tokens = ordinary[torch.randint(len(ordinary), (B, T), generator=g)]
+    if "fill" in ids:
+        tokens = torch.full((B, T), int(ids["fill"]), dtype=torch.long)
+    if "pieces" in ids:
+        starts = (torch.arange(T) - 1) % int(ids["pieces"]) == 0
+        starts = starts.expand(B, T).clone()
+    else:
+        starts = torch.rand(B, T, generator=g) < ids.get("start", 0.5)
+    starts[:, 1] = True  # the first position after [CLS] starts a word
+    word_ids = torch.cumsum(starts.long(), dim=1) - 1  # (B, T): 0, 0, 1, 2, 2, 2, ... from position 1
+    text = torch.zeros(B, T, dtype=torch.bool)
+    text[:, 1:T - 1] = True
+    tokens[:, 0], tokens[:, -1] = ids["cls"], ids["sep"]
+    tokens[::2, T * 3 // 4:] = ids["pad"]
+    text[::2, T * 3 // 4:] = False
+    word_ids = torch.where(text, word_ids, torch.full_like(word_ids, -1))
+    if ids.get("one_d"):
+        return tokens[0].clone(), word_ids[0].clone()
+    return tokens, word_ids
+
+
+def _words_runs(ns, ids, vocab_size, mask_id, special_ids, mask_prob, runs, checks):
+    """Call mask_whole_words once per run (a generator seed, a global seed); each result packed
+    (``pack_masks``), or what is wrong with its type. ``checks`` is for the grader."""
+    input_ids, word_ids = word_batch(ids, special_ids)
+    out = []
+    for seed, global_seed in runs:
+        before = input_ids.clone()
+        torch.manual_seed(global_seed)
+        result = ns["mask_whole_words"](input_ids, word_ids.clone(), vocab_size, mask_id, special_ids, mask_prob,
+                                        torch.Generator().manual_seed(seed))
+        problem = _mask_type(result, input_ids.shape)
+        if problem:
+            out.append({"problem": problem, "kind": "type"})
+        else:
+            packed = pack_masks(before, result[0], result[1], input_ids)
+            if _packed_size(packed) > MAX_PACKED_PER_POSITION * before.numel() + 1024:
+                packed = {"problem": "inputs and labels differ from a masking at far more positions than one "
+                                     "changes (the result is too irregular to send back for grading)",
+                          "kind": "values (far from a masking)"}
+            out.append(packed)
+        input_ids = before
+    return out
+
+
+def _words(B, T, vocab_size, seed, **more):
+    return {"shape": (B, T), "vocab_size": vocab_size, "seed": seed, "cls": 1, "sep": 2, "pad": 0, **more}
+
+
+def _tiny_words():
+    """[CLS] w0 w0 w1 w2 w2 w2 [SEP] [PAD]: three words of 2, 1 and 3 pieces."""
+    return (torch.tensor([[1, 7, 8, 9, 10, 11, 12, 2, 0]]), torch.tensor([[-1, 0, 0, 1, 2, 2, 2, -1, -1]]))
+
+
+WHOLE_WORD_COLLATOR = COLLATOR + tuple(
+    ("transformers", f"DataCollatorForLanguageModeling.{name}")
+    for name in ("_whole_word_mask", "_calc_word_ids_and_prob_mask")
+    if importlib.util.find_spec("transformers") is not None)
+
+
 # ---------------------------------------------------------------- Part 3: bert_embeddings
 def emb_weights(weights) -> dict:
     """The tables of a BertEmbeddings: given (a dict of tensors) or drawn from a recipe
@@ -306,4 +383,13 @@ PARTS = {
     }, call=_loss, switched_off=LOSS_BUILT_INS,
         why="torch's cross-entropy is switched off in this test: write the loss with torch.log_softmax"),
     "cls_logits": Part("test_cls_logits", "cls_logits", _cls_visible(), call=_cls),
+    "mask_whole_words": Part("test_mask_whole_words", "mask_whole_words", {
+        "the hand-worked example, mask_prob = 1: every word chosen, whole":
+            (_tiny_words(), 50, 3, SPECIALS, 1.0, [(0, 0), (1, 0), (2, 0)], []),
+        "the rates on 300 x 128 positions, words of 2 pieces on average, 2 seeds":
+            (_words(300, 128, 50, 0), 50, 3, SPECIALS, 0.15, [(0, 0), (1, 0)], ["rates"]),
+        "the same seed gives the same masks, whatever the global seed":
+            (_words(4, 32, 50, 1), 50, 3, SPECIALS, 0.15, [(5, 0), (5, 1234)], ["same"]),
+    }, call=_words_runs, switched_off=WHOLE_WORD_COLLATOR,
+        why="transformers' masking is switched off in this test: write the masking yourself"),
 }

@@ -25,8 +25,8 @@ import torch.nn.functional as F
 
 import course_lib.bert as ours
 from course_lib.grading import plain
-from course_lib.grading.cases.ch08 import LN_EPS, SPECIALS, _loss_spec, _recipe, emb_weights, encoder_case, \
-    loss_inputs, mask_batch
+from course_lib.grading.cases.ch08 import LN_EPS, SPECIALS, _loss_spec, _recipe, _words, emb_weights, \
+    encoder_case, loss_inputs, mask_batch, word_batch
 from course_lib.grading.compare import Mismatch
 from course_lib.grading.verdict import Ref
 
@@ -213,6 +213,199 @@ def _mask_compare(result, expected, args):
     return None
 
 
+# ---------------------------------------------------------------- Part 6: mask_whole_words
+def _words_cases(rng):
+    hf_specials = [0, 100, 101, 102, 103]
+    cases = {
+        "BERT's special ids, a vocabulary of 500": (
+            {"shape": (300, 128), "vocab_size": 500, "seed": 3, "cls": 101, "sep": 102, "pad": 0}, 500, 103,
+            hf_specials, 0.15, [(3, 0)], ["rates"]),
+        "mask_prob = 0.4, long words (a new word at 1 piece in 4)": (
+            _words(300, 100, 30, 4, start=0.25), 30, 3, SPECIALS, 0.4, [(4, 0), (5, 0)], ["rates"]),
+        "words of one piece: token-level masking again": (
+            _words(300, 64, 40, 6, pieces=1), 40, 3, SPECIALS, 0.15, [(7, 0)], ["rates"]),
+        "mask_prob = 1: every word chosen": (_words(100, 64, 30, 7), 30, 3, SPECIALS, 1.0, [(9, 0)], ["rates"]),
+        "mask_prob = 0: nothing changes": (_words(20, 64, 30, 8), 30, 3, SPECIALS, 0.0, [(10, 0)], ["rates"]),
+        "one 1-D sequence of 8000": (_words(1, 8000, 40, 9, one_d=True), 40, 3, SPECIALS, 0.15, [(11, 0)],
+                                     ["rates"]),
+        "random pieces are uniform over the ordinary tokens": (
+            _words(100, 302, 50, 10, fill=10, pieces=2), 50, 3, SPECIALS, 1.0, [(12, 0), (13, 0)], ["uniform"]),
+        "other seeds give other masks": (_words(4, 32, 50, 1), 50, 3, SPECIALS, 0.15, [(14, 0), (15, 0)],
+                                         ["differ"]),
+    }
+    for i in range(2):  # a random vocabulary, special ids, word lengths and mask_prob
+        V = int(rng.integers(12, 400))
+        special = sorted(int(x) for x in rng.choice(V, size=int(rng.integers(4, 7)), replace=False))
+        pad, cls, sep, mask = special[0], special[1], special[2], special[-1]
+        B, T = int(rng.integers(150, 300)), int(rng.integers(16, 128))
+        order = [int(x) for x in rng.permutation(special)]
+        recipe = {"shape": (B, T), "vocab_size": V, "seed": int(rng.integers(2 ** 31)), "cls": cls, "sep": sep,
+                  "pad": pad, "start": float(rng.uniform(0.2, 1.0))}
+        runs = [(int(rng.integers(2 ** 31)), int(rng.integers(2 ** 31))) for _ in range(2)]
+        cases[f"random vocabulary, special ids and word lengths {i + 1}"] = (
+            recipe, V, mask, order, float(rng.uniform(0.05, 0.6)), runs, ["rates"])
+    return cases
+
+
+def _words_expected(ids, vocab_size, mask_id, special_ids, mask_prob, runs, checks):
+    """The rates of a right masking, per word: chosen, then among the chosen words all [MASK],
+    all random tokens, unchanged (the grader adds, word by word, the chance that random tokens
+    give every piece back)."""
+    return {"chosen": float(mask_prob), "mask": 0.8, "random": 0.1, "kept": 0.1}
+
+
+def _count(count, probs, name, kind):
+    """``count`` successes of independent trials with probabilities ``probs``, within five
+    standard deviations of their expected number."""
+    mean, sd = float(probs.sum()), math.sqrt(float((probs * (1 - probs)).sum()))
+    n = len(probs)
+    if abs(count - mean) > 5 * sd + 1e-9:
+        return Mismatch(kind, f"{name} was {count / n:.4f} ({count} of {n}), expected {mean / n:.4f} (within five "
+                              f"standard deviations, +-{5 * sd / n:.4f})")
+    return None
+
+
+def _word_kinds(input_ids, word_ids, inputs, labels, after, mask_id, special_ids, vocab_size):
+    """A Mismatch, or per word of the batch (a word is a row and a word id >= 0): its number of
+    pieces, whether it was chosen, and how it shows (0 [MASK], 1 a random token, 2 unchanged)."""
+    special_t = torch.tensor(sorted(set(special_ids) | {mask_id}))
+    if not torch.equal(after, input_ids):
+        return Mismatch("input_ids (changed in place)",
+                        "mask_whole_words changed input_ids: work on a copy (input_ids.clone())")
+    ids, inp, lab = (t.reshape(-1, t.shape[-1]).numpy() for t in (input_ids, inputs, labels))
+    words = word_ids.reshape(ids.shape).numpy()
+    chosen = lab != -1
+    in_word = words >= 0
+    if (chosen & ~in_word).any():
+        where = [tuple(int(i) for i in w) for w in np.argwhere(chosen & ~in_word)[:5]]
+        return Mismatch("labels (a position outside the words chosen)",
+                        f"positions whose word id is -1 ([CLS], [SEP], [PAD]) were chosen at (row, position) {where}: "
+                        "never choose them")
+    if not np.array_equal(lab[chosen], ids[chosen]):
+        return Mismatch("labels", "labels must hold the original token at the chosen positions and -1 elsewhere")
+    if not np.array_equal(inp[~chosen], ids[~chosen]):
+        return Mismatch("inputs (an unchosen position changed)", "a position that was not chosen changed")
+    replaced = torch.from_numpy(inp[chosen])
+    bad = (replaced < 0) | (replaced >= vocab_size) | (torch.isin(replaced, special_t) & (replaced != mask_id))
+    if bad.any():
+        return Mismatch("inputs (a random token not ordinary)",
+                        f"chosen positions became {replaced[bad].unique().tolist()[:10]}: random tokens must be "
+                        "ordinary ones (not special, within the vocabulary)")
+    rows = np.broadcast_to(np.arange(ids.shape[0])[:, None], ids.shape)
+    width = int(words.max()) + 1 if in_word.any() else 1
+    key = (rows * width + words)[in_word]  # one number per word of the batch
+    _, word = np.unique(key, return_inverse=True)
+    n_words = int(word.max()) + 1 if word.size else 0
+    size = np.bincount(word, minlength=n_words)
+    n_chosen = np.bincount(word, weights=chosen[in_word], minlength=n_words)
+    if ((n_chosen > 0) & (n_chosen < size)).any():
+        w = int(np.argmax((n_chosen > 0) & (n_chosen < size)))
+        return Mismatch("a word chosen in part",
+                        f"a word of {size[w]} pieces had {int(n_chosen[w])} of them chosen: choose every piece of a "
+                        "word or none")
+    n_mask = np.bincount(word, weights=(inp == mask_id)[in_word], minlength=n_words)
+    n_same = np.bincount(word, weights=(inp == ids)[in_word], minlength=n_words)
+    word_chosen = n_chosen == size
+    partly = word_chosen & (n_mask > 0) & (n_mask < size)
+    if partly.any():
+        w = int(np.argmax(partly))
+        return Mismatch("a word shown in part as [MASK]",
+                        f"a chosen word of {size[w]} pieces shows [MASK] at {int(n_mask[w])} of them: decide [MASK], "
+                        "random or unchanged once per word, for all its pieces")
+    kind = np.where(n_mask == size, 0, np.where(n_same == size, 2, 1))
+    pieces = inp[in_word]
+    starts = np.unique(word, return_index=True)[1]  # each word's first position among the pieces
+    first = pieces[starts]  # each word's first piece (words run along the rows)
+    alike = np.bincount(word, weights=pieces == first[word], minlength=n_words) == size  # every piece the same token
+    place = np.stack([rows[in_word][starts], words[in_word][starts]], axis=1)  # each word's (row, word id)
+    return size, word_chosen, kind, alike, place
+
+
+def _rows_apart(place, chosen, p):
+    """Words of the same number in neighbouring rows are chosen independently: they agree (both chosen or both
+    not) with probability p^2 + (1 - p)^2, not always (one draw per word number for the whole batch)."""
+    status = {(int(r), int(w)): bool(c) for (r, w), c in zip(place, chosen)}
+    pairs = [(c, status[(r + 1, w)]) for (r, w), c in status.items() if (r + 1, w) in status]
+    if not pairs:
+        return None
+    agree = sum(a == b for a, b in pairs)
+    return _count(agree, np.full(len(pairs), p * p + (1 - p) * (1 - p)),
+                  "the share of words chosen alike in neighbouring rows (the same word number)",
+                  "words chosen alike across rows (word numbers start again in every row)")
+
+
+def _words_compare(result, expected, args):
+    ids, vocab_size, mask_id, special_ids, mask_prob, runs, checks = plain.native(args)
+    input_ids, word_ids = word_batch(ids, special_ids)
+    if type(result) is not list or len(result) != len(runs):
+        return Mismatch("type", "expected the results of the calls (this check's own format)")
+    outs = []
+    for run in result:
+        if type(run) is dict and type(run.get("problem")) is str:
+            kind = run.get("kind") if run.get("kind") in ("type", "values (far from a masking)") else "type"
+            return Mismatch(kind, run["problem"][:500])
+        try:
+            outs.append(_unpack(run, input_ids))
+        except (ValueError, KeyError, TypeError, zlib.error, binascii.Error):
+            return Mismatch("type", "the result could not be read back")
+    found = []
+    for inputs, labels, after in outs:
+        words = _word_kinds(input_ids, word_ids, inputs, labels, after, mask_id, special_ids, vocab_size)
+        if isinstance(words, Mismatch):
+            return words
+        found.append(words)
+    size, chosen, kind, alike = (np.concatenate(x) for x in list(zip(*found))[:4])
+    n_ordinary = _ordinary_count(vocab_size, special_ids, mask_id)
+    if ("rates" in checks or "uniform" in checks) and size.size:
+        m = _count(int(chosen.sum()), np.full(size.size, float(mask_prob)), "the share of words chosen",
+                   "share of words chosen")
+        if m:
+            return m
+        m = _rows_apart(found[0][4], found[0][1], float(mask_prob))
+        if m:
+            return m
+        back = (1.0 / n_ordinary) ** size[chosen]  # random tokens give every piece back: it shows unchanged
+        for code, probs, name in [(0, np.full(back.size, expected["mask"]), "all [MASK]"),
+                                  (1, expected["random"] * (1 - back), "random tokens"),
+                                  (2, expected["kept"] + expected["random"] * back, "unchanged")]:
+            m = _count(int((kind[chosen] == code).sum()), probs, f"the share of chosen words shown as {name}",
+                       f"share of chosen words shown as {name}")
+            if m:
+                return m
+    if "uniform" in checks:
+        original = int(input_ids.reshape(-1)[1])
+        ordinary = set(range(vocab_size)) - set(special_ids) - {mask_id}
+        others = torch.cat([inp[(inp != original) & (inp != mask_id) & (word_ids >= 0)] for inp, _, _ in outs])
+        counts = Counter(others.tolist())
+        want = ordinary - {original}
+        if set(counts) != want:
+            return Mismatch("random tokens (not every ordinary token drawn)",
+                            f"random tokens should cover every ordinary token, got {sorted(counts)}")
+        mean = len(others) / len(want)
+        chi2 = sum((c - mean) ** 2 / mean for c in counts.values())
+        df = len(want) - 1
+        if chi2 >= df + 5 * math.sqrt(2 * df):
+            return Mismatch("random tokens (not uniform)",
+                            f"random tokens are not uniform over the ordinary ones (chi2 = {chi2:.1f}, {df} degrees "
+                            f"of freedom)")
+        shown_random = chosen & (kind == 1) & (size > 1)  # each piece's own draw: rarely all the same token
+        m = _count(int(alike[shown_random].sum()), (1.0 / n_ordinary) ** (size[shown_random] - 1),
+                   "the share of words shown as random tokens whose pieces are all one token",
+                   "random tokens (one draw per word, not per piece)")
+        if m:
+            return m
+    if "same" in checks:
+        (a_in, a_lab, _), (b_in, b_lab, _) = outs
+        if not (torch.equal(a_in, b_in) and torch.equal(a_lab, b_lab)):
+            return Mismatch("use of generator", "two generators with the same seed gave different masks: draw every "
+                                                "random number from generator")
+    if "differ" in checks:
+        if torch.equal(outs[0][1], outs[1][1]):
+            return Mismatch("use of generator", "two different seeds gave the same masks: draw every random number "
+                                                "from generator")
+    return None
+
+
 # ---------------------------------------------------------------- Part 2: pair_inputs
 def _pair_cases(rng):
     cases = {
@@ -345,4 +538,5 @@ REFS = {
     "bert_embeddings": Ref(_emb_expected, hidden=_emb_cases, rtol=1e-5, atol=1e-5),
     "mlm_loss": Ref(_loss_expected, hidden=_loss_cases, rtol=1e-5, atol=1e-7),
     "cls_logits": Ref(_cls_expected, hidden=_cls_cases, rtol=1e-5, atol=1e-5),
+    "mask_whole_words": Ref(_words_expected, hidden=_words_cases, compare=_words_compare),
 }
