@@ -69,12 +69,14 @@ def make_class(course: Path, chapter: str, n: int) -> dict[str, dict[str, float]
     solution = nbformat.read(course / "solutions" / chapter / f"{chapter}.ipynb", as_version=4)
     blank = nbformat.read(course / "exercises" / chapter / f"{chapter}.ipynb", as_version=4)
     points = {c.metadata.nbgrader["grade_id"]: float(c.metadata.nbgrader["points"]) for c in solution.cells
-              if c.metadata.get("nbgrader", {}).get("grade")}
+              if c.metadata.get("nbgrader", {}).get("grade") and c.cell_type == "code"}  # the written answer waits
+    written = {c.metadata.nbgrader["grade_id"]: 0.0 for c in solution.cells  # for the instructor: 0 so far
+               if c.metadata.get("nbgrader", {}).get("grade") and c.cell_type == "markdown"}
     part, source, broken = WRONG[chapter]
     wrong = nbformat.read(course / "solutions" / chapter / f"{chapter}.ipynb", as_version=4)
     next(c for c in wrong.cells if c.metadata.get("nbgrader", {}).get("grade_id") == part).source = source
-    kinds = [("solution", solution, points), ("blank", blank, dict.fromkeys(points, 0.0)),
-             ("wrong", wrong, points | {broken: 0.0})]
+    kinds = [("solution", solution, points | written), ("blank", blank, dict.fromkeys(points | written, 0.0)),
+             ("wrong", wrong, points | written | {broken: 0.0})]
     expected = {}
     for i in range(n):
         kind, nb, scores = kinds[i % len(kinds)]

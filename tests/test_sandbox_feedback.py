@@ -103,7 +103,11 @@ def test_the_snoop_saw_the_cases_but_its_page_does_not_show_them(feedback):
     assert not [s for s in secrets if s in text]
     assert "the outputs of your own cells are not shown in feedback" in text
     scores = re.findall(r"Score: ([\d.]+) / ([\d.]+)", text)
-    assert ("3.0", "3.0") in scores and ("2.0", "2.0") in scores, scores  # its grade is untouched
+    points = {c.metadata["nbgrader"]["grade_id"]: c.metadata["nbgrader"]["points"]
+              for c in nbformat.read(ROOT / "solutions" / A / f"{A}.ipynb", as_version=4).cells
+              if c.metadata.get("nbgrader", {}).get("grade")}
+    full = (f"{float(points['test_count_ngrams'])}", f"{float(points['test_count_ngrams'])}")
+    assert full in scores, (full, scores)  # its grade is untouched
 
 
 def test_the_page_shows_a_line_per_case_and_partial_scores(feedback):

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 
+import nbformat
 import pytest
 from nbgrader.api import Gradebook
 
@@ -64,7 +65,10 @@ def test_the_flag_runs_it_anyway_and_warns(course):
     assert "each in a sandbox" not in proc.stdout
     with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gb:
         sub = gb.find_submission(A, "alice")
-        assert (sub.score, sub.max_score) == (11.0, 11.0)
+        cells = nbformat.read(ROOT / "solutions" / A / f"{A}.ipynb", as_version=4).cells
+        graded = [c for c in cells if c.metadata.get("nbgrader", {}).get("grade")]
+        auto = sum(c.metadata.nbgrader["points"] for c in graded if c.cell_type == "code")
+        assert (sub.score, sub.max_score) == (auto, sum(c.metadata.nbgrader["points"] for c in graded))
 
 
 def test_grading_before_the_release_says_to_release_first(tmp_path):
