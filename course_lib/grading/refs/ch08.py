@@ -128,6 +128,23 @@ def _share(count, total, p, name, kind):
     return None
 
 
+def _uniform_random_tokens(others, want: set) -> Mismatch | None:
+    """The random replacements ``others`` cover every token of ``want`` and are uniform over them
+    (a chi-square statistic within 5 standard deviations of its mean)."""
+    counts = Counter(others.tolist())
+    if set(counts) != want:
+        return Mismatch("random tokens (not every ordinary token drawn)",
+                        f"random tokens should cover every ordinary token, got {sorted(counts)}")
+    mean = len(others) / len(want)
+    chi2 = sum((c - mean) ** 2 / mean for c in counts.values())
+    df = len(want) - 1
+    if chi2 >= df + 5 * math.sqrt(2 * df):
+        return Mismatch("random tokens (not uniform)",
+                        f"random tokens are not uniform over the ordinary ones (chi2 = {chi2:.1f}, {df} degrees "
+                        f"of freedom)")
+    return None
+
+
 def _check_run(input_ids, inputs, labels, after, mask_id, special_ids, vocab_size, mask_prob, expected, checks):
     special_t = torch.tensor(sorted(set(special_ids) | {mask_id}))
     special = torch.isin(input_ids, special_t)
@@ -167,18 +184,9 @@ def _check_run(input_ids, inputs, labels, after, mask_id, special_ids, vocab_siz
         original = int(input_ids.reshape(-1)[0])
         ordinary = set(range(vocab_size)) - set(special_t.tolist())
         others = inputs[(inputs != original) & (inputs != mask_id)]
-        counts = Counter(others.tolist())
-        want = ordinary - {original}
-        if set(counts) != want:
-            return Mismatch("random tokens (not every ordinary token drawn)",
-                            f"random tokens should cover every ordinary token, got {sorted(counts)}")
-        mean = len(others) / len(want)
-        chi2 = sum((c - mean) ** 2 / mean for c in counts.values())
-        df = len(want) - 1
-        if chi2 >= df + 5 * math.sqrt(2 * df):
-            return Mismatch("random tokens (not uniform)",
-                            f"random tokens are not uniform over the ordinary ones (chi2 = {chi2:.1f}, {df} degrees "
-                            f"of freedom)")
+        m = _uniform_random_tokens(others, ordinary - {original})
+        if m is not None:
+            return m
     return None
 
 
@@ -376,18 +384,9 @@ def _words_compare(result, expected, args):
         original = int(input_ids.reshape(-1)[1])
         ordinary = set(range(vocab_size)) - set(special_ids) - {mask_id}
         others = torch.cat([inp[(inp != original) & (inp != mask_id) & (word_ids >= 0)] for inp, _, _ in outs])
-        counts = Counter(others.tolist())
-        want = ordinary - {original}
-        if set(counts) != want:
-            return Mismatch("random tokens (not every ordinary token drawn)",
-                            f"random tokens should cover every ordinary token, got {sorted(counts)}")
-        mean = len(others) / len(want)
-        chi2 = sum((c - mean) ** 2 / mean for c in counts.values())
-        df = len(want) - 1
-        if chi2 >= df + 5 * math.sqrt(2 * df):
-            return Mismatch("random tokens (not uniform)",
-                            f"random tokens are not uniform over the ordinary ones (chi2 = {chi2:.1f}, {df} degrees "
-                            f"of freedom)")
+        m = _uniform_random_tokens(others, ordinary - {original})
+        if m is not None:
+            return m
         shown_random = chosen & (kind == 1) & (size > 1)  # each piece's own draw: rarely all the same token
         m = _count(int(alike[shown_random].sum()), (1.0 / n_ordinary) ** (size[shown_random] - 1),
                    "the share of words shown as random tokens whose pieces are all one token",
