@@ -96,6 +96,18 @@ def _packed_size(packed: dict) -> int:
     return sum(len(v[1]) if type(v) is list else len(v) for v in packed.values() if type(v) in (str, list))
 
 
+def _as_data(result, before, input_ids) -> dict:
+    """One masking's result as compact data for the grader, or what is wrong with its form."""
+    problem = _mask_type(result, input_ids.shape)
+    if problem:
+        return {"problem": problem, "kind": "type"}
+    packed = pack_masks(before, result[0], result[1], input_ids)
+    if _packed_size(packed) > MAX_PACKED_PER_POSITION * before.numel() + 1024:
+        return {"problem": "inputs and labels differ from a masking at far more positions than one changes (the "
+                           "result is too irregular to send back for grading)", "kind": "values (far from a masking)"}
+    return packed
+
+
 def _mask_runs(ns, ids, vocab_size, mask_id, special_ids, mask_prob, runs, checks):
     """Call mask_tokens once per run (a generator seed, a global seed); each result packed,
     or what is wrong with its type. ``checks`` is for the grader."""
@@ -106,16 +118,7 @@ def _mask_runs(ns, ids, vocab_size, mask_id, special_ids, mask_prob, runs, check
         torch.manual_seed(global_seed)
         result = ns["mask_tokens"](input_ids, vocab_size, mask_id, special_ids, mask_prob,
                                    torch.Generator().manual_seed(seed))
-        problem = _mask_type(result, input_ids.shape)
-        if problem:
-            out.append({"problem": problem, "kind": "type"})
-        else:
-            packed = pack_masks(before, result[0], result[1], input_ids)
-            if _packed_size(packed) > MAX_PACKED_PER_POSITION * before.numel() + 1024:
-                packed = {"problem": "inputs and labels differ from a masking at far more positions than one "
-                                     "changes (the result is too irregular to send back for grading)",
-                          "kind": "values (far from a masking)"}
-            out.append(packed)
+        out.append(_as_data(result, before, input_ids))
         input_ids = before
     return out
 
@@ -195,16 +198,7 @@ def _words_runs(ns, ids, vocab_size, mask_id, special_ids, mask_prob, runs, chec
         torch.manual_seed(global_seed)
         result = ns["mask_whole_words"](input_ids, word_ids.clone(), vocab_size, mask_id, special_ids, mask_prob,
                                         torch.Generator().manual_seed(seed))
-        problem = _mask_type(result, input_ids.shape)
-        if problem:
-            out.append({"problem": problem, "kind": "type"})
-        else:
-            packed = pack_masks(before, result[0], result[1], input_ids)
-            if _packed_size(packed) > MAX_PACKED_PER_POSITION * before.numel() + 1024:
-                packed = {"problem": "inputs and labels differ from a masking at far more positions than one "
-                                     "changes (the result is too irregular to send back for grading)",
-                          "kind": "values (far from a masking)"}
-            out.append(packed)
+        out.append(_as_data(result, before, input_ids))
         input_ids = before
     return out
 
