@@ -32,6 +32,12 @@ One module per concept, in the order of the chapters:
   windows), measuring whether it reads its context, fine-tuning it (chapter 8).
 - ``course_lib.bert_cli``: saving and loading checkpoints, ``python -m course_lib.bert
   pretrain`` and the two checkpoints the course ships (chapter 8).
+- ``course_lib.chat``: the chat template, chat tokens, assistant-only loss masks and chat data
+  built from the plays (chapter 9).
+- ``course_lib.lora``: LoRA layers, wrapping a model's linear layers, merging (chapter 9).
+- ``course_lib.preference``: DPO's loss and the log-probabilities of answers (chapter 9).
+- ``course_lib.verse``: whether a line scans as iambic pentameter, a verifiable reward (chapter 9).
+- ``course_lib.rl``: rollouts with the KV cache, GRPO and expert iteration (chapter 9).
 - ``course_lib.ladder``: the course ladder, bits per character on the test plays.
 - ``course_lib.pagetime``: each chapter's run time, recorded by the page and stated at its top.
 - ``course_lib.grading``: grading the exercises, apart from the teaching modules: the
