@@ -26,20 +26,25 @@ chat model defines its own; ``transformers`` stores one per model as a Jinja tem
 
 from __future__ import annotations
 
+import math
 import random
 import re
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 import torch
 
 from .data import load_split
 from .genre import play_genre
-from .gpt import GPT, GPTConfig
+from .gpt import GPT, GPTConfig, KVCache
+from .preference import answer_logprobs
 from .tokenizers import BPETokenizer
+from .train import warmup_cosine
 
 __all__ = ["USER", "ASSISTANT", "END", "CHAT_TOKENS", "render", "chat_tokenizer", "extend_vocab", "encode_chat",
            "sft_targets", "Exchange", "speeches", "exchanges", "reply_messages", "Instruction", "TASKS",
-           "instructions", "pad_batch"]
+           "instructions", "pad_batch", "FinetuneHistory", "finetune", "answer_bits_per_char", "greedy_answer",
+           "exact_match"]
 
 USER, ASSISTANT, END = "<|user|>", "<|assistant|>", "<|end|>"
 CHAT_TOKENS = (USER, ASSISTANT, END)
@@ -274,3 +279,126 @@ def instructions(split: str, per_task: int | None = None, seed: int = 0) -> list
         out += found
     rng.shuffle(out)
     return out
+
+
+# ---------------------------------------------------------------------------- training and measuring
+@dataclass
+class FinetuneHistory:
+    """What ``finetune`` measured: the loss of every step, the steps taken and the wall time."""
+
+    loss: list[float] = field(default_factory=list)
+    steps: int = 0
+    seconds: float = 0.0
+
+
+def finetune(model, rows: list[tuple[list[int], list[int]]], *, steps: int, pad_id: int, batch_size: int = 32,
+             lr: float = 1e-3, params=None, max_seconds: float | None = None, warmup: int | None = None,
+             seed: int = 0, progress: bool = True, desc: str = "SFT") -> FinetuneHistory:
+    """Supervised fine-tuning: AdamW on the loss of the masked tokens of ``rows`` (``(ids, mask)``
+    pairs from ``encode_chat``), batches drawn at random, the learning rate warmed up over
+    ``warmup`` steps (default 5%) then decayed by a cosine to 10% at ``steps``. ``params``: what
+    trains (default every parameter that requires a gradient, e.g. LoRA's only). Stops after
+    ``steps`` or ``max_seconds``; the model is left in eval mode."""
+    if not rows:
+        raise ValueError("rows is empty: nothing to fine-tune on")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    params = [p for p in model.parameters() if p.requires_grad] if params is None else list(params)
+    if not params:
+        raise ValueError("no parameter to train: every parameter is frozen")
+    warmup = max(1, steps // 20) if warmup is None else warmup
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, betas=(0.9, 0.95))
+    device = next(model.parameters()).device
+    gen = torch.Generator().manual_seed(seed)
+    hist = FinetuneHistory()
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=steps, desc=desc, unit="step")
+    model.train()
+    start = time.perf_counter()
+    for step in range(steps):
+        if max_seconds is not None and time.perf_counter() - start > max_seconds:
+            break
+        for group in opt.param_groups:
+            group["lr"] = lr * warmup_cosine(step, min(warmup, steps), steps, min_lr=0.1)
+        pick = torch.randint(len(rows), (min(batch_size, len(rows)),), generator=gen).tolist()
+        x, y = sft_targets(*pad_batch([rows[i] for i in pick], pad_id))
+        _, loss = model(x.to(device), y.to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        hist.loss.append(loss.item())
+        hist.steps += 1
+        if bar is not None:
+            bar.update(1)
+            if step % 20 == 0:
+                bar.set_postfix(loss=f"{hist.loss[-1]:.3f}")
+    if bar is not None:
+        bar.close()
+    hist.seconds = time.perf_counter() - start
+    model.eval()
+    return hist
+
+
+@torch.no_grad()
+def answer_bits_per_char(model, pairs: list[tuple[list[int], list[int]]], n_chars: int, batch_size: int = 64) -> float:
+    """Bits per character of answers given their prompts: ``pairs`` of (prompt ids, answer ids),
+    each scored token by token after its prompt; the total -log2 P of the answers' tokens
+    divided by ``n_chars``, the answers' length in characters. Pairs longer than the model's
+    block are an error (crop or drop them first)."""
+    block = model.get_block_size()
+    too_long = [i for i, (p, a) in enumerate(pairs) if len(p) + len(a) > block]
+    if too_long:
+        raise ValueError(f"{len(too_long)} pairs are longer than the block of {block} tokens (first: pair "
+                         f"{too_long[0]}); drop them before scoring")
+    if n_chars <= 0:
+        raise ValueError(f"n_chars must be > 0, got {n_chars!r}")
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    nats = 0.0
+    for i in range(0, len(pairs), batch_size):
+        rows = [(p + a, [0] * len(p) + [1] * len(a)) for p, a in pairs[i:i + batch_size]]
+        ids, mask = pad_batch(rows, 0)
+        nats -= answer_logprobs(model, ids.to(device), mask.to(device)).double().sum().item()
+    model.train(was_training)
+    return nats / math.log(2) / n_chars
+
+
+@torch.no_grad()
+def greedy_answer(model, tokenizer: BPETokenizer, prompt_ids: list[int], max_new_tokens: int = 16,
+                  stop: str | None = None) -> str:
+    """The greedy continuation of ``prompt_ids`` (the most probable token at each step, with
+    the KV cache), decoded and cut before ``stop``: by default ``<|end|>`` for a tokenizer
+    with chat tokens, else a line break."""
+    stop = (END if END in tokenizer.special_tokens else "\n") if stop is None else stop
+    block = model.get_block_size()
+    steps = min(max_new_tokens, block - len(prompt_ids))
+    if steps < 1:
+        raise ValueError(f"the prompt has {len(prompt_ids)} tokens: no room to answer in a block of {block}")
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    cache, x, out = KVCache(), torch.tensor([prompt_ids], device=device), []
+    end_id = tokenizer.special_tokens.get(stop)
+    for _ in range(steps):
+        logits, _ = model(x, cache=cache)
+        nxt = int(logits[0, -1].argmax())
+        if nxt == end_id:
+            break
+        out.append(nxt)
+        if end_id is None and stop in tokenizer.decode(out):
+            break
+        x = torch.tensor([[nxt]], device=device)
+    model.train(was_training)
+    text = tokenizer.decode(out)
+    return text.split(stop)[0] if end_id is None else text
+
+
+def exact_match(answers: list[str], expected: list[str]) -> float:
+    """Share of answers equal to the expected ones, after stripping spaces at the ends."""
+    if len(answers) != len(expected) or not answers:
+        raise ValueError("expected two non-empty lists of the same length")
+    return sum(a.strip() == e.strip() for a, e in zip(answers, expected)) / len(answers)

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from .chat import ASSISTANT, END, USER, pad_batch, sft_targets
+from .chat import ASSISTANT, END, USER, finetune, pad_batch
 from .gpt import KVCache
 from .preference import token_logprobs
 
@@ -176,8 +176,8 @@ class RLHistory:
     seconds: float = 0.0
 
 
-def _check_ended(ro: Rollout, step: int) -> None:
-    if step == 0 and not bool(ro.ended.any()):
+def _check_ended(ended: list[bool]) -> None:
+    if not any(ended):
         raise RuntimeError("no sampled answer wrote <|end|> in the first batch, so every reward is 0 and nothing "
                            "can be learned: is the model fine-tuned on the chat format (SFT first), and is "
                            "max_new_tokens long enough for an answer?")
@@ -209,8 +209,8 @@ def grpo_train(policy, ref, tokenizer, prompts: list[list[int]], reward_fn, *, s
             break
         picks = torch.randint(len(prompts), (prompts_per_step,), generator=gen).tolist()
         rolls = [rollout(policy, tokenizer, prompts[i], G, max_new_tokens, temperature, gen) for i in picks]
-        for ro in rolls:
-            _check_ended(ro, step)
+        if step == 0:
+            _check_ended([e for ro in rolls for e in ro.ended.tolist()])
         rewards = torch.tensor([[reward_fn(t) if e else 0.0 for t, e in zip(ro.texts, ro.ended.tolist())]
                                 for ro in rolls])  # (P, G)
         adv = group_advantages(rewards).reshape(-1)  # (P*G,)
@@ -254,8 +254,6 @@ def expert_iteration(policy, tokenizer, prompts: list[list[int]], reward_fn, *, 
     ``sft_steps`` AdamW steps of SFT on the kept (prompt, answer) pairs. History per round."""
     for p in prompts:
         check_chat_prompt(p, tokenizer)
-    params = [p for p in policy.parameters() if p.requires_grad] if params is None else list(params)
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(seed)
     hist = RLHistory()
     start = time.perf_counter()
@@ -264,15 +262,13 @@ def expert_iteration(policy, tokenizer, prompts: list[list[int]], reward_fn, *, 
         from tqdm.auto import tqdm
         rng = tqdm(rng, desc="expert iteration", unit="round")
     pad = tokenizer.special_tokens[END]
-    device = next(policy.parameters()).device
     for r in rng:
         if max_seconds is not None and time.perf_counter() - start > max_seconds:
             break
         picks = torch.randint(len(prompts), (prompts_per_round,), generator=gen).tolist()
         kept, rewards, ended = [], [], []
-        for k, i in enumerate(picks):
+        for i in picks:
             ro = rollout(policy, tokenizer, prompts[i], G, max_new_tokens, temperature, gen)
-            _check_ended(ro, r + k)
             scores = [reward_fn(t) if e else 0.0 for t, e in zip(ro.texts, ro.ended.tolist())]
             rewards += scores
             ended += ro.ended.tolist()
@@ -280,17 +276,12 @@ def expert_iteration(policy, tokenizer, prompts: list[list[int]], reward_fn, *, 
             if scores[best] >= threshold:
                 answer = ro.ids[best][ro.mask[best].bool()].tolist()
                 kept.append((list(prompts[i]) + answer, [0] * len(prompts[i]) + [1] * len(answer)))
+        if r == 0:
+            _check_ended(ended)
         hist.reward.append(sum(rewards) / len(rewards))
         hist.ended.append(sum(ended) / len(ended))
-        if not kept:
-            continue
-        for _ in range(sft_steps):
-            batch = [kept[j] for j in torch.randint(len(kept), (min(batch_size, len(kept)),), generator=gen).tolist()]
-            x, y = sft_targets(*pad_batch(batch, pad))
-            _, loss = policy(x.to(device), y.to(device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
+        if kept:  # fine-tune on the kept answers as on data, a fresh optimizer each round
+            finetune(policy, kept, steps=sft_steps, pad_id=pad, batch_size=batch_size, lr=lr, params=params,
+                     warmup=0, seed=seed + r, progress=False)
     hist.seconds = time.perf_counter() - start
     return hist

@@ -4,6 +4,7 @@ token's target changes nothing, an assistant token's does), the grown embedding,
 and the data from the plays (split by play, answers checkable from the prompt)."""
 
 import doctest
+import math
 
 import pytest
 import torch
@@ -140,3 +141,63 @@ def test_instructions_are_checkable_from_the_prompt():
         else:
             assert i.answer == play_genre(i.play)
     assert chat.instructions("test", per_task=50, seed=1) == items  # the same draw for the same seed
+
+
+def tiny_chat_model(tok, seed=0):
+    torch.manual_seed(seed)
+    return GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=64, n_layer=1, n_head=2, n_embd=16)).eval()
+
+
+def test_answer_bits_per_char_by_hand(tokenizers):
+    _, tok = tokenizers
+    model = tiny_chat_model(tok)
+    pairs = [(tok.encode("HAMLET: hi"), tok.encode(" good")), (tok.encode("Q"), tok.encode("to be or"))]
+    nats = 0.0
+    for p, a in pairs:
+        logits, _ = model(torch.tensor([p + a]))
+        logp = F.log_softmax(logits[0].double(), -1)
+        nats -= sum(logp[len(p) + j - 1, t].item() for j, t in enumerate(a))
+    n_chars = len(" good") + len("to be or")
+    assert chat.answer_bits_per_char(model, pairs, n_chars) == pytest.approx(nats / math.log(2) / n_chars, rel=1e-5)
+    with pytest.raises(ValueError, match="longer than the block"):
+        chat.answer_bits_per_char(model, [(list(range(60)), list(range(10)))], 5)
+
+
+def test_greedy_answer_is_the_argmax_path_cut_at_end(tokenizers):
+    _, tok = tokenizers
+    model = tiny_chat_model(tok, seed=3)
+    p = encode_chat(tok, CHAT[:1], add_generation_prompt=True)[0]
+    x, out = list(p), []
+    end = tok.special_tokens[END]
+    for _ in range(6):
+        nxt = int(model(torch.tensor([x]))[0][0, -1].argmax())
+        if nxt == end:
+            break
+        out.append(nxt)
+        x.append(nxt)
+    assert chat.greedy_answer(model, tok, p, max_new_tokens=6) == tok.decode(out)
+    assert chat.exact_match(["a ", "b"], ["a", "c"]) == 0.5
+
+
+def test_finetune_learns_the_answers_and_trains_only_what_is_free(tokenizers):
+    from course_lib.lora import apply_lora
+
+    _, tok = tokenizers
+    model = tiny_chat_model(tok)
+    rows = [encode_chat(tok, [{"role": "user", "content": f"say {w}"}, {"role": "assistant", "content": w}])
+            for w in ("yes", "no", "ay", "nay")]
+    hist = chat.finetune(model, rows, steps=60, pad_id=0, batch_size=4, lr=1e-2, progress=False)
+    assert hist.steps == 60 and len(hist.loss) == 60
+    assert sum(hist.loss[-5:]) / 5 < 0.5 * sum(hist.loss[:5]) / 5
+    model = tiny_chat_model(tok)
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters()}
+    apply_lora(model, ("c_attn", "c_fc"), r=4)
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
+    chat.finetune(model, rows, steps=5, pad_id=0, batch_size=4, lr=1e-2, progress=False)
+    for name, p in model.named_parameters():
+        if "lora_" in name:
+            assert not torch.equal(p, before[name]), name
+        else:
+            assert torch.equal(p, frozen[name.replace(".base", "")]), name
+    with pytest.raises(ValueError, match="every parameter is frozen"):
+        chat.finetune(tiny_chat_model(tok).requires_grad_(False), rows, steps=1, pad_id=0, progress=False)
