@@ -36,7 +36,7 @@ import torch
 
 from .data import load_split
 from .genre import play_genre
-from .gpt import GPT, GPTConfig, KVCache
+from .gpt import GPT, GPTConfig
 from .preference import answer_logprobs
 from .tokenizers import BPETokenizer
 from .train import warmup_cosine
@@ -370,31 +370,20 @@ def answer_bits_per_char(model, pairs: list[tuple[list[int], list[int]]], n_char
 @torch.no_grad()
 def greedy_answer(model, tokenizer: BPETokenizer, prompt_ids: list[int], max_new_tokens: int = 16,
                   stop: str | None = None) -> str:
-    """The greedy continuation of ``prompt_ids`` (the most probable token at each step, with
-    the KV cache), decoded and cut before ``stop``: by default ``<|end|>`` for a tokenizer
-    with chat tokens, else a line break."""
+    """The greedy continuation of ``prompt_ids`` (``model.generate`` with ``top_k=1``: the most
+    probable token at each step, with the KV cache), decoded and cut before ``stop``: by default
+    ``<|end|>`` for a tokenizer with chat tokens, else a line break."""
     stop = (END if END in tokenizer.special_tokens else "\n") if stop is None else stop
     block = model.get_block_size()
     steps = min(max_new_tokens, block - len(prompt_ids))
     if steps < 1:
         raise ValueError(f"the prompt has {len(prompt_ids)} tokens: no room to answer in a block of {block}")
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
-    cache, x, out = KVCache(), torch.tensor([prompt_ids], device=device), []
+    out = model.generate(torch.tensor([prompt_ids], device=device), steps, top_k=1)[0, len(prompt_ids):].tolist()
     end_id = tokenizer.special_tokens.get(stop)
-    for _ in range(steps):
-        logits, _ = model(x, cache=cache)
-        nxt = int(logits[0, -1].argmax())
-        if nxt == end_id:
-            break
-        out.append(nxt)
-        if end_id is None and stop in tokenizer.decode(out):
-            break
-        x = torch.tensor([[nxt]], device=device)
-    model.train(was_training)
-    text = tokenizer.decode(out)
-    return text.split(stop)[0] if end_id is None else text
+    if end_id is not None:
+        return tokenizer.decode(out[:out.index(end_id)] if end_id in out else out)
+    return tokenizer.decode(out).split(stop)[0]
 
 
 def exact_match(answers: list[str], expected: list[str]) -> float:

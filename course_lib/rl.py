@@ -153,8 +153,7 @@ def rollout(model, tokenizer, prompt_ids, G: int, max_new_tokens: int, temperatu
             answer = answer[:answer.index(end_id) + 1]
         texts.append(tokenizer.decode([t for t in answer if t != end_id]))
         rows.append((list(prompt_ids) + answer, [0] * P + [1] * len(answer)))
-    pad = tokenizer.special_tokens[END]
-    ids, mask = pad_batch(rows, pad)
+    ids, mask = pad_batch(rows, end_id)
     return Rollout(ids, mask, done.clone(), texts)
 
 
@@ -199,6 +198,8 @@ def grpo_train(policy, ref, tokenizer, prompts: list[list[int]], reward_fn, *, s
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(seed)
     hist = RLHistory()
+    pad = tokenizer.special_tokens[END]
+    device = next(policy.parameters()).device
     start = time.perf_counter()
     bar = None
     if progress:
@@ -216,10 +217,8 @@ def grpo_train(policy, ref, tokenizer, prompts: list[list[int]], reward_fn, *, s
         adv = group_advantages(rewards).reshape(-1)  # (P*G,)
         ids = [ro.ids for ro in rolls]
         T = max(x.shape[1] for x in ids)
-        pad = tokenizer.special_tokens[END]
         ids = torch.cat([F.pad(x, (0, T - x.shape[1]), value=pad) for x in ids])  # (P*G, T)
         mask = torch.cat([F.pad(ro.mask, (0, T - ro.mask.shape[1])) for ro in rolls])[:, 1:]  # (P*G, T-1)
-        device = next(policy.parameters()).device
         ids, mask = ids.to(device), mask.to(device)
         with torch.no_grad():
             old = token_logprobs(policy, ids)
