@@ -44,7 +44,7 @@ from .train import warmup_cosine
 __all__ = ["USER", "ASSISTANT", "END", "CHAT_TOKENS", "render", "chat_tokenizer", "extend_vocab", "encode_chat",
            "sft_targets", "Exchange", "speeches", "exchanges", "reply_messages", "Instruction", "TASKS",
            "instructions", "pad_batch", "FinetuneHistory", "finetune", "answer_bits_per_char", "greedy_answer",
-           "exact_match"]
+           "exact_match", "pretraining_rows"]
 
 USER, ASSISTANT, END = "<|user|>", "<|assistant|>", "<|end|>"
 CHAT_TOKENS = (USER, ASSISTANT, END)
@@ -279,6 +279,29 @@ def instructions(split: str, per_task: int | None = None, seed: int = 0) -> list
         out += found
     rng.shuffle(out)
     return out
+
+
+def pretraining_rows(tokenizer: BPETokenizer, texts: list[str], n: int, length: int,
+                     seed: int = 0) -> list[tuple[list[int], list[int]]]:
+    """``n`` windows of ``length`` tokens cut at random from ``texts``, as ``(ids, mask)`` rows
+    for ``finetune`` with every token trained (mask all 1): text of the kind the model was
+    pretrained on, mixed into fine-tuning so that it does not forget it ("replay"). Each
+    text is encoded once; a window never crosses from one text into the next."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be an integer >= 1, got {n!r}")
+    if isinstance(length, bool) or not isinstance(length, int) or length < 2:
+        raise ValueError(f"length must be an integer >= 2 (a token and its target), got {length!r}")
+    encoded = [tokenizer.encode(t) for t in texts]
+    encoded = [ids for ids in encoded if len(ids) >= length]
+    if not encoded:
+        raise ValueError(f"no text is {length} tokens long: nothing to cut windows from")
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        ids = rng.choice(encoded)
+        start = rng.randrange(len(ids) - length + 1)
+        rows.append((ids[start:start + length], [1] * length))
+    return rows
 
 
 # ---------------------------------------------------------------------------- training and measuring

@@ -30,7 +30,7 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["LoRALinear", "apply_lora", "merge", "lora_parameters", "count_trainable"]
+__all__ = ["LoRALinear", "apply_lora", "merge", "lora_parameters", "count_trainable", "train_token_rows"]
 
 
 class LoRALinear(nn.Module):
@@ -107,6 +107,33 @@ def merge(model: nn.Module) -> nn.Module:
             parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
             setattr(parent, name.split(".")[-1], module.base)
     return model
+
+
+def train_token_rows(embedding: nn.Embedding, rows) -> int:
+    """Let the rows ``rows`` of a frozen ``embedding`` train beside LoRA; returns how many
+    numbers that adds (``len(rows) * embedding_dim``).
+
+    Tokens added for fine-tuning (a chat template's ``<|end|>``) start untrained; with the
+    embedding frozen, as ``apply_lora`` leaves it, the model could learn to write them only
+    by bending every other weight. ``peft`` offers the same (``trainable_token_indices``).
+    Here the embedding matrix gets ``requires_grad`` and a gradient hook that zeroes every
+    other row: an optimizer without weight decay (as ``chat.finetune``'s) then changes
+    those rows alone, though it keeps its moments for the whole matrix. In a model whose
+    output layer shares the matrix (chapter 7's GPT), the output rows of those tokens train too.
+    """
+    if not isinstance(embedding, nn.Embedding):
+        raise TypeError(f"expected an nn.Embedding (e.g. model.transformer.wte), got {type(embedding).__name__}")
+    rows = sorted({int(i) for i in rows})
+    if not rows:
+        raise ValueError("rows is empty: name the token ids whose embeddings should train")
+    if rows[0] < 0 or rows[-1] >= embedding.num_embeddings:
+        raise ValueError(f"rows must be token ids in [0, {embedding.num_embeddings}), got {rows[0]}..{rows[-1]}")
+    weight = embedding.weight
+    keep = torch.zeros(weight.shape[0], 1, device=weight.device, dtype=weight.dtype)  # (V, 1)
+    keep[rows] = 1.0
+    weight.requires_grad_(True)
+    weight.register_hook(lambda grad: grad * keep)
+    return len(rows) * embedding.embedding_dim
 
 
 def lora_parameters(model: nn.Module) -> list[nn.Parameter]:

@@ -16,7 +16,10 @@ an answer is the mean reward of the other answers to the same prompt, and the ad
 PPO's clipped surrogate per token, ``-min(ratio * A, clip(ratio, 1 - e, 1 + e) * A)`` with
 ``ratio = pi(token) / pi_old(token)``, plus an optional penalty ``kl_coef * KL(pi || pi_ref)``
 estimated per token by ``exp(d) - d - 1`` with ``d = log pi_ref - log pi`` (Schulman's "k3",
-never negative), averaged over each answer's tokens, then over the answers.
+never negative), averaged over each answer's tokens, then over the answers. The KL leash
+acts only on the answers the policy samples; ``replay_rows`` (windows of the pretraining text,
+``chat.pretraining_rows``) add ``replay_coef`` times the language-model loss on a few of them
+to every update, as InstructGPT's "PPO-ptx" did, to keep the model's text where it was.
 
 **Expert iteration** is the simpler baseline: sample, keep the best answer of each group if it
 is good enough, fine-tune on the kept answers as on data (SFT), repeat.
@@ -34,7 +37,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from .chat import ASSISTANT, END, USER, finetune, pad_batch
+from .chat import ASSISTANT, END, USER, finetune, pad_batch, sft_targets
 from .gpt import KVCache
 from .preference import token_logprobs
 
@@ -185,15 +188,23 @@ def _check_ended(ended: list[bool]) -> None:
 def grpo_train(policy, ref, tokenizer, prompts: list[list[int]], reward_fn, *, steps: int, G: int = 8,
                prompts_per_step: int = 2, lr: float = 1e-4, clip_eps: float = 0.2, kl_coef: float = 0.0,
                updates_per_batch: int = 1, max_new_tokens: int = 24, temperature: float = 1.0, params=None,
-               max_seconds: float | None = None, seed: int = 0, progress: bool = True) -> RLHistory:
+               replay_rows: list[tuple[list[int], list[int]]] | None = None, replay_coef: float = 1.0,
+               replay_batch: int = 8, max_seconds: float | None = None, seed: int = 0,
+               progress: bool = True, desc: str = "GRPO") -> RLHistory:
     """Train ``policy`` with GRPO on chat prompts (token ids ending in ``<|assistant|>``):
     each step samples ``G`` answers to ``prompts_per_step`` prompts, scores each answer's text
     with ``reward_fn`` (0 for an answer that never ended), and takes ``updates_per_batch``
     AdamW steps on the GRPO loss. ``ref`` (frozen) is needed only for ``kl_coef > 0`` and for
     the KL that the history records. ``params``: what trains (default: every parameter that
-    requires a gradient, e.g. LoRA's). Stops after ``steps`` or ``max_seconds``."""
+    requires a gradient, e.g. LoRA's). ``replay_rows``: ``(ids, mask)`` rows of text to keep
+    (``chat.pretraining_rows``); each update adds ``replay_coef`` times the loss of
+    ``replay_batch`` of them. Stops after ``steps`` or ``max_seconds``."""
     for p in prompts:
         check_chat_prompt(p, tokenizer)
+    if replay_rows is not None and not replay_rows:
+        raise ValueError("replay_rows is empty: pass None for no replay, or rows from chat.pretraining_rows")
+    if not (isinstance(replay_coef, (int, float)) and replay_coef >= 0):
+        raise ValueError(f"replay_coef must be a number >= 0, got {replay_coef!r}")
     params = [p for p in policy.parameters() if p.requires_grad] if params is None else list(params)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(seed)
@@ -204,7 +215,7 @@ def grpo_train(policy, ref, tokenizer, prompts: list[list[int]], reward_fn, *, s
     bar = None
     if progress:
         from tqdm.auto import tqdm
-        bar = tqdm(total=steps, desc="GRPO", unit="step")
+        bar = tqdm(total=steps, desc=desc, unit="step")
     for step in range(steps):
         if max_seconds is not None and time.perf_counter() - start > max_seconds:
             break
@@ -226,6 +237,10 @@ def grpo_train(policy, ref, tokenizer, prompts: list[list[int]], reward_fn, *, s
         for _ in range(updates_per_batch):
             logp = token_logprobs(policy, ids)
             loss = grpo_loss(logp, old, adv.to(device), mask, clip_eps, refl, kl_coef)
+            if replay_rows:
+                pick = torch.randint(len(replay_rows), (min(replay_batch, len(replay_rows)),), generator=gen).tolist()
+                x, y = sft_targets(*pad_batch([replay_rows[i] for i in pick], pad))
+                loss = loss + replay_coef * policy(x.to(device), y.to(device))[1]
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -201,3 +201,24 @@ def test_finetune_learns_the_answers_and_trains_only_what_is_free(tokenizers):
             assert torch.equal(p, frozen[name.replace(".base", "")]), name
     with pytest.raises(ValueError, match="every parameter is frozen"):
         chat.finetune(tiny_chat_model(tok).requires_grad_(False), rows, steps=1, pad_id=0, progress=False)
+
+
+def test_pretraining_rows_are_windows_of_one_text_every_token_trained(tokenizers):
+    _, tok = tokenizers
+    texts = [TEXT, "Good night, sweet prince.", TEXT.upper()]
+    rows = chat.pretraining_rows(tok, texts, n=50, length=12, seed=3)
+    encoded = [tok.encode(t) for t in texts]
+    assert len(rows) == 50
+    for ids, mask in rows:
+        assert len(ids) == 12 and mask == [1] * 12
+        assert any(ids == e[s:s + 12] for e in encoded for s in range(len(e) - 11))  # inside one text
+    assert rows == chat.pretraining_rows(tok, texts, n=50, length=12, seed=3)
+    assert rows != chat.pretraining_rows(tok, texts, n=50, length=12, seed=4)
+    x, y = sft_targets(*pad_batch(rows[:2], 0))
+    assert (y != -1).all()  # every target trains
+    with pytest.raises(ValueError, match="no text is"):
+        chat.pretraining_rows(tok, ["Good night."], n=1, length=500)
+    with pytest.raises(ValueError, match="n must be"):
+        chat.pretraining_rows(tok, texts, n=0, length=12)
+    with pytest.raises(ValueError, match="length must be"):
+        chat.pretraining_rows(tok, texts, n=1, length=1)

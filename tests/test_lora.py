@@ -16,7 +16,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 from course_lib import lora  # noqa: E402
 from course_lib.gpt import GPT, GPTConfig  # noqa: E402
-from course_lib.lora import LoRALinear, apply_lora, count_trainable, lora_parameters, merge  # noqa: E402
+from course_lib.lora import LoRALinear, apply_lora, count_trainable, lora_parameters, merge, train_token_rows  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -132,6 +132,35 @@ def test_merge_leaves_plain_linears():
     merge(model)
     assert not any(isinstance(m, LoRALinear) for m in model.modules())
     assert all(isinstance(b.mlp.c_fc, nn.Linear) for b in model.transformer.h)
+
+
+def test_token_rows_train_alone_with_their_full_gradient():
+    import copy
+
+    model = tiny_gpt()
+    free = copy.deepcopy(model)  # every weight trainable: the gradient the chosen rows should get
+    apply_lora(model, TARGETS, r=2, alpha=4)
+    before = model.transformer.wte.weight.detach().clone()
+    assert train_token_rows(model.transformer.wte, [29, 30, 29]) == 2 * 16
+    idx = torch.randint(31, (4, 12), generator=torch.Generator().manual_seed(1))
+    _, loss = model(idx, idx)
+    loss.backward()
+    _, loss_free = free(idx, idx)
+    loss_free.backward()
+    grad = model.transformer.wte.weight.grad
+    assert torch.equal(grad[:29], torch.zeros_like(grad[:29]))
+    torch.testing.assert_close(grad[29:], free.transformer.wte.weight.grad[29:])  # LoRA's B = 0: the same model
+    torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.0).step()
+    after = model.transformer.wte.weight.detach()
+    assert torch.equal(after[:29], before[:29])
+    assert (after[29:] != before[29:]).all()
+    assert model.lm_head.weight is model.transformer.wte.weight  # the tied output rows moved with them
+    with pytest.raises(ValueError, match="token ids in"):
+        train_token_rows(nn.Embedding(4, 2), [4])
+    with pytest.raises(ValueError, match="rows is empty"):
+        train_token_rows(nn.Embedding(4, 2), [])
+    with pytest.raises(TypeError, match="nn.Embedding"):
+        train_token_rows(model, [1])
 
 
 def test_bad_input():

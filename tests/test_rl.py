@@ -203,3 +203,27 @@ def test_rl_raises_the_reward_of_a_tiny_model(method):
 def test_distinct_ngrams():
     assert rl.distinct_ngrams(["a b c", "a b d"], n=2) == pytest.approx(3 / 4)
     assert rl.distinct_ngrams(["a a a a"], n=1) == 0.25 and rl.distinct_ngrams([], 2) == 0.0
+
+
+def test_replay_trains_the_language_model_beside_grpo():
+    """With a constant reward every advantage is 0: GRPO alone changes no weight, and with
+    replay rows the updates are the language model's on those rows, whose loss falls."""
+    rows = [(TOK.encode(t), [1] * len(TOK.encode(t))) for t in ("to be or not to be", "that is the question")]
+    x, y = sft_targets(*pad_batch(rows, TOK.special_tokens[END]))
+    constant = lambda text: 1.0  # noqa: E731
+    model = sft_on_ab(tiny())
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    rl.grpo_train(model, None, TOK, [prompt()], constant, steps=3, G=4, lr=1e-2, max_new_tokens=4, progress=False)
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+    with torch.no_grad():
+        lm_before = model(x, y)[1].item()
+    rl.grpo_train(model, None, TOK, [prompt()], constant, steps=10, G=4, lr=1e-2, max_new_tokens=4,
+                  replay_rows=rows, replay_coef=1.0, replay_batch=2, progress=False)
+    with torch.no_grad():
+        lm_after = model(x, y)[1].item()
+    assert lm_after < lm_before - 0.5, (lm_before, lm_after)
+    with pytest.raises(ValueError, match="replay_rows is empty"):
+        rl.grpo_train(model, None, TOK, [prompt()], constant, steps=1, replay_rows=[], progress=False)
+    with pytest.raises(ValueError, match="replay_coef"):
+        rl.grpo_train(model, None, TOK, [prompt()], constant, steps=1, replay_rows=rows, replay_coef=-1,
+                      progress=False)
