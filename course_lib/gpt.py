@@ -188,6 +188,14 @@ class KVCache:
     def batch_size(self) -> int | None:
         return self.keys[0].shape[0] if self.keys else None
 
+    def crop(self, n: int) -> None:
+        """Keep the first ``n`` positions and forget the rest (speculative decoding rolls back
+        the rejected draft tokens this way)."""
+        if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= len(self):
+            raise ValueError(f"can keep 0 to {len(self)} cached positions, got {n!r}")
+        self.keys = [k[:, :, :n] for k in self.keys]
+        self.values = [v[:, :, :n] for v in self.values]
+
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if layer == len(self.keys):  # the first tokens this layer sees
             self.keys.append(k)
