@@ -25,14 +25,20 @@ from __future__ import annotations
 
 import copy
 import io
+import time
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .chat import FinetuneHistory
+from .train import get_batch, warmup_cosine
 
 __all__ = ["quantize", "dequantize", "fake_quantize", "pack_int4", "unpack_int4", "QuantLinear",
            "quantize_model", "fake_quantize_model", "state_bytes", "magnitude_prune", "apply_masks",
-           "sparsity", "prune_mlp_neurons", "head_importance", "mask_heads", "distillation_loss"]
+           "sparsity", "prune_mlp_neurons", "head_importance", "mask_heads", "distillation_loss",
+           "train_student"]
 
 
 # ---------------------------------------------------------------------------- quantization
@@ -338,3 +344,58 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
         ce = F.cross_entropy(student_logits.float().reshape(-1, V), targets.reshape(-1), ignore_index=-1)
         loss = loss + (1 - alpha) * ce
     return loss
+
+
+def train_student(student, train_data: torch.Tensor, *, steps: int, teacher=None, temperature: float = 2.0,
+                  alpha: float = 0.5, batch_size: int = 32, lr: float = 3e-3, masks: dict | None = None,
+                  max_seconds: float | None = None, seed: int = 1337, progress: bool = True) -> FinetuneHistory:
+    """Train ``student`` (a GPT) on random windows of ``train_data`` with AdamW, a short
+    warm-up and a cosine decay over ``steps``.
+
+    With a ``teacher``: ``distillation_loss`` against its logits on the same windows
+    (``alpha``, ``temperature``); without: the cross-entropy on the text (``alpha`` unused).
+    ``masks`` (from ``magnitude_prune``) are applied after every step, so pruned weights stay
+    zero: a recovery fine-tune. ``max_seconds`` stops early, for comparisons at equal time
+    (the time counts the teacher's forward passes too). Windows are seeded by ``seed``.
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    if teacher is not None and teacher.config.vocab_size != student.config.vocab_size:
+        raise ValueError(f"the teacher's vocabulary ({teacher.config.vocab_size}) differs from the student's "
+                         f"({student.config.vocab_size})")
+    device = next(student.parameters()).device
+    block = student.get_block_size()
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.95))
+    warmup = max(1, steps // 20)
+    hist = FinetuneHistory()
+    student.train()
+    if teacher is not None:
+        teacher.eval()
+    start = time.perf_counter()
+    bar = tqdm(range(steps), desc="distilling" if teacher is not None else "training", disable=not progress,
+               leave=False)
+    for step in bar:
+        for group in opt.param_groups:
+            group["lr"] = warmup_cosine(step, warmup, steps, lr, lr / 10)
+        x, y = get_batch(train_data, block, batch_size, generator=g, device=device)
+        logits, ce = student(x, y)
+        if teacher is not None:
+            with torch.no_grad():
+                t_logits, _ = teacher(x)
+            loss = distillation_loss(logits, t_logits, y, temperature, alpha)
+        else:
+            loss = ce
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+        opt.step()
+        if masks:
+            apply_masks(student, masks)
+        hist.loss.append(loss.item())
+        hist.steps = step + 1
+        hist.seconds = time.perf_counter() - start
+        if max_seconds is not None and hist.seconds >= max_seconds:
+            break
+    student.eval()
+    return hist

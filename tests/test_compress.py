@@ -10,7 +10,8 @@ import torch.nn.functional as F
 
 from course_lib.compress import (QuantLinear, apply_masks, dequantize, distillation_loss, fake_quantize,
                                  fake_quantize_model, head_importance, magnitude_prune, mask_heads, pack_int4,
-                                 prune_mlp_neurons, quantize, quantize_model, sparsity, state_bytes, unpack_int4)
+                                 prune_mlp_neurons, quantize, quantize_model, sparsity, state_bytes, train_student,
+                                 unpack_int4)
 from course_lib.gpt import GPT, GPTConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -180,3 +181,23 @@ def test_distillation_loss_against_kldivloss_and_cross_entropy():
         distillation_loss(s, t, None, T, 0.5)
     with pytest.raises(ValueError, match="shape"):
         distillation_loss(s, t[:, :4], y, T, 0.5)
+
+
+def test_train_student_learns_from_the_teacher_and_keeps_masks():
+    teacher = tiny_gpt(5)
+    torch.manual_seed(0)
+    data = teacher.generate(torch.zeros(1, 1, dtype=torch.long), 15, generator=torch.Generator().manual_seed(0))[0]
+    data = data.repeat(20)  # a short text, repeated: easy to learn
+    student = tiny_gpt(6, n_embd=16, n_layer=1)
+    before = distillation_loss(student(data[None, :16])[0], teacher(data[None, :16])[0], alpha=1.0).item()
+    hist = train_student(student, data, teacher=teacher, alpha=1.0, steps=60, batch_size=8, lr=1e-2, progress=False)
+    after = distillation_loss(student(data[None, :16])[0], teacher(data[None, :16])[0], alpha=1.0).item()
+    assert hist.steps == 60 and len(hist.loss) == 60 and after < 0.5 * before
+    pruned = tiny_gpt(7)
+    masks = magnitude_prune(pruned, 0.5)
+    train_student(pruned, data, steps=5, batch_size=4, masks=masks, progress=False)
+    assert sparsity(pruned) == pytest.approx(0.5, abs=1e-3)
+    short = train_student(tiny_gpt(8), data, steps=10_000, batch_size=4, max_seconds=0.2, progress=False)
+    assert short.steps < 10_000
+    with pytest.raises(ValueError, match="vocabulary"):
+        train_student(tiny_gpt(9, vocab_size=40), data, teacher=teacher, steps=1)
