@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from .gpt import KVCache
 from .ngram import NGramLM
 
-__all__ = ["GPTDraft", "NGramDraft", "SpecStats", "speculative_generate", "accept_or_resample"]
+__all__ = ["GPTDraft", "NGramDraft", "SpecStats", "speculative_generate", "accept_or_resample", "expected_speedup"]
 
 
 class GPTDraft:
@@ -60,6 +60,8 @@ class NGramDraft:
     for a model over ``vocab_size`` ids. Its distribution is spread over the target's ids;
     mass on ``<s>``, ``</s>`` and ``<unk>`` is dropped and the rest renormalised."""
 
+    MEMO = 20_000
+
     def __init__(self, ngram: NGramLM, vocab_size: int):
         if not isinstance(ngram, NGramLM) or ngram.vocab is None:
             raise ValueError("expected a fitted NGramLM")
@@ -72,6 +74,7 @@ class NGramDraft:
         if not ids:
             raise ValueError("the n-gram model knows none of the ids 0..vocab_size-1 (fit it on str(id) tokens)")
         self._pos, self._ids = np.array(pos), torch.tensor(ids)
+        self._memo: dict[tuple[str, ...], torch.Tensor] = {}  # context -> distribution, most recent last
 
     @classmethod
     def fit(cls, sequences: list[list[int]], vocab_size: int, order: int = 4, **kwargs) -> NGramDraft:
@@ -80,13 +83,21 @@ class NGramDraft:
         return cls(ngram, vocab_size)
 
     def probs(self, ids: list[int]) -> torch.Tensor:
+        """The next-id distribution after ``ids``; the last ``MEMO`` contexts are remembered
+        (a count-based model's distribution for a context never changes)."""
         want = self.ngram.order - 1
-        context = [str(i) for i in list(ids)[len(ids) - want:]] if want else []
-        dist = self.ngram.distribution(context)
+        context = tuple(str(i) for i in list(ids)[len(ids) - want:]) if want else ()
+        if context in self._memo:
+            return self._memo[context]
+        dist = self.ngram.distribution(list(context))
         out = torch.zeros(self.vocab_size, dtype=torch.float32)
         out[self._ids] = torch.from_numpy(np.asarray(dist[self._pos], dtype=np.float32))
         total = out.sum()
-        return out / total if total > 0 else torch.full((self.vocab_size,), 1.0 / self.vocab_size)
+        out = out / total if total > 0 else torch.full((self.vocab_size,), 1.0 / self.vocab_size)
+        if len(self._memo) >= self.MEMO:
+            self._memo.pop(next(iter(self._memo)))  # the oldest
+        self._memo[context] = out
+        return out
 
 
 @dataclass
@@ -185,6 +196,17 @@ def speculative_generate(target, draft, prompt, max_new_tokens: int, k: int = 4,
     finally:
         target.train(was_training)
     return ids, stats
+
+
+def expected_speedup(alpha: float, k: int, cost_ratio: float) -> float:
+    """Leviathan et al.'s expected wall-clock speed-up: a pass yields (1 - alpha^(k+1)) /
+    (1 - alpha) tokens on average, if each drafted token is accepted with probability
+    ``alpha`` independently, and costs k * c + 1 target passes, c = ``cost_ratio`` = the time
+    of one draft token / the time of one target pass."""
+    if not 0 <= alpha <= 1:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
+    tokens = k + 1 if alpha == 1 else (1 - alpha ** (k + 1)) / (1 - alpha)
+    return tokens / (k * cost_ratio + 1)
 
 
 def _prompt_list(prompt) -> list[int]:

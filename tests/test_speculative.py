@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from scipy.stats import chisquare
 
 from course_lib.gpt import GPT, GPTConfig, KVCache
-from course_lib.speculative import GPTDraft, NGramDraft, accept_or_resample, speculative_generate
+from course_lib.speculative import GPTDraft, NGramDraft, accept_or_resample, expected_speedup, speculative_generate
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -142,3 +142,22 @@ def test_bad_input():
         speculative_generate(target, draft, torch.zeros(2, 3, dtype=torch.long), 3)
     with pytest.raises(ValueError, match="temperature"):
         speculative_generate(target, draft, [1], 3, temperature=-1)
+
+
+def test_expected_speedup_formula():
+    assert expected_speedup(0.0, 4, 0.25) == pytest.approx(1 / 2)  # nothing accepted: one token per 2 passes' time
+    assert expected_speedup(1.0, 4, 0.0) == pytest.approx(5.0)  # all accepted, free draft: k + 1 tokens a pass
+    assert expected_speedup(0.5, 2, 0.0) == pytest.approx(1.75)  # 1 + 0.5 + 0.25
+    with pytest.raises(ValueError, match="alpha"):
+        expected_speedup(1.5, 2, 0.1)
+
+
+def test_ngram_draft_memo_returns_the_same_distribution():
+    target = tiny_gpt(6)
+    seq = target.generate(torch.zeros(1, 1, dtype=torch.long), 30, generator=torch.Generator().manual_seed(1))[0]
+    draft = NGramDraft.fit([seq.tolist()], vocab_size=13, order=3)
+    a = draft.probs([1, 2, 3])
+    assert draft.probs([9, 2, 3]) is a  # the same 2-token context
+    assert torch.isclose(a.sum(), torch.tensor(1.0))
+    fresh = NGramDraft(draft.ngram, 13).probs([2, 3])
+    assert torch.equal(fresh, a)
