@@ -348,7 +348,8 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
 
 def train_student(student, train_data: torch.Tensor, *, steps: int, teacher=None, temperature: float = 2.0,
                   alpha: float = 0.5, batch_size: int = 32, lr: float = 3e-3, masks: dict | None = None,
-                  max_seconds: float | None = None, seed: int = 1337, progress: bool = True) -> FinetuneHistory:
+                  max_seconds: float | None = None, seed: int = 1337, progress: bool = True,
+                  desc: str | None = None) -> FinetuneHistory:
     """Train ``student`` (a GPT) on random windows of ``train_data`` with AdamW, a short
     warm-up and a cosine decay over ``steps``.
 
@@ -373,8 +374,8 @@ def train_student(student, train_data: torch.Tensor, *, steps: int, teacher=None
     if teacher is not None:
         teacher.eval()
     start = time.perf_counter()
-    bar = tqdm(range(steps), desc="distilling" if teacher is not None else "training", disable=not progress,
-               leave=False)
+    desc = desc or ("distilling" if teacher is not None else "training")
+    bar = tqdm(range(steps), desc=desc, disable=not progress, leave=False)
     for step in bar:
         for group in opt.param_groups:
             group["lr"] = warmup_cosine(step, warmup, steps, lr, lr / 10)

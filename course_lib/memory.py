@@ -118,26 +118,39 @@ _PEAK_SCRIPT = """
 import json, resource, sys, torch
 from course_lib.gpt import GPT, GPTConfig
 torch.set_num_threads(int(sys.argv[4]))
+
+
+def status(key):  # kB, from /proc/self/status
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(key + ":"))
+
+
 kw, B, T = json.loads(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+x = torch.randint(0, kw["vocab_size"], (B, T))
+try:  # reset the peak to the present (Linux >= 4.0), so that the imports' own peak does not count
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    before, peak = status("VmRSS"), lambda: status("VmHWM")
+except OSError:
+    before, peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, lambda: resource.getrusage(
+        resource.RUSAGE_SELF).ru_maxrss
 model = GPT(GPTConfig(**kw))
 opt = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=bool(int(sys.argv[5])))
-x = torch.randint(0, kw["vocab_size"], (B, T))
 for _ in range(2):
     _, loss = model(x, x)
     loss.backward()
     opt.step()
     opt.zero_grad(set_to_none=False)
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps(dict(before=before * 1024, after=after * 1024)))
+print(json.dumps(dict(before=before * 1024, after=peak() * 1024)))
 """
 
 
 def peak_training_rss(config, batch_size: int, seq_len: int, threads: int = 1, foreach: bool = True,
                       timeout: float = 600) -> int:
     """Measured: how far two AdamW steps of a fresh float32 ``GPT`` with this configuration
-    raise the peak resident memory of a new Python process (``ru_maxrss``), in bytes. The
-    process is separate so that nothing else it held counts; what the formula leaves out
+    raise the peak resident memory of a new Python process above what it held before
+    (Linux's VmHWM after resetting it, else ``ru_maxrss``), in bytes. The process is separate
+    so that nothing else it held counts; what the formula leaves out
     (temporary buffers, the allocator's slack, the gradient of the logits) shows as the gap."""
     c = _config(config)
     kw = dict(vocab_size=c.vocab_size, block_size=c.block_size, n_layer=c.n_layer, n_head=c.n_head,

@@ -67,4 +67,4 @@ def test_peak_training_rss_is_at_least_the_formulas_state():
     c = GPTConfig(vocab_size=4000, block_size=64, n_layer=4, n_head=4, n_embd=256)
     peak = peak_training_rss(c, 4, 64)
     mem = training_bytes(c, 4, 64)
-    assert 0.9 * mem["total"] < peak < 3 * mem["total"]
+    assert 0.9 * mem["total"] < peak < 4 * mem["total"]
