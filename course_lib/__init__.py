@@ -38,6 +38,14 @@ One module per concept, in the order of the chapters:
 - ``course_lib.preference``: DPO's loss and the log-probabilities of answers (chapter 9).
 - ``course_lib.verse``: whether a line scans as iambic pentameter, a verifiable reward (chapter 9).
 - ``course_lib.rl``: rollouts with the KV cache, GRPO and expert iteration (chapter 9).
+- ``course_lib.memory``: parameters, optimizer state, activations and KV cache by formula,
+  checked against what PyTorch holds (chapter 10).
+- ``course_lib.compress``: absmax quantization (int8, packed int4), pruning, distillation
+  (chapter 10).
+- ``course_lib.speculative``: speculative decoding with GPT and n-gram drafts (chapter 10).
+- ``course_lib.export``: the GPT exported to ONNX and run in onnxruntime (chapter 10).
+- ``course_lib.serve``: a small generation server with streaming and batching, and its load
+  test (chapter 10).
 - ``course_lib.ladder``: the course ladder, bits per character on the test plays.
 - ``course_lib.pagetime``: each chapter's run time, recorded by the page and stated at its top.
 - ``course_lib.grading``: grading the exercises, apart from the teaching modules: the

@@ -28,6 +28,12 @@ is stale. ``generate`` then recomputes the cache from the last ``block_size`` to
 every further step; so cached and uncached generation give the same tokens, the uncached
 one (nanoGPT's) being the definition.
 
+Prompts of different lengths share a batch by **left padding** (as ``transformers``'
+``padding_side="left"``): ``attention_mask`` (B, P + T), True on real tokens, keeps every
+query off the padding keys, and each row's positions count its real tokens only, so a
+padded row computes what it computes alone and all rows end at the same column, where the
+next token is read. ``course_lib.serve`` decodes a batch of requests this way.
+
 Sampling filters the logits first: ``top_k_filter`` keeps the k likeliest tokens (Fan et
 al. 2018), ``top_p_filter`` the smallest set whose probability reaches p ("nucleus
 sampling", Holtzman et al. 2020); both equal ``transformers``' ``TopKLogitsWarper`` and
@@ -43,10 +49,11 @@ sampling", Holtzman et al. 2020); both equal ``transformers``' ``TopKLogitsWarpe
     True
 
 Scope: the model, its cache and its sampling. Its training recipe (AdamW with weight decay
-on matrices only, warm-up and cosine decay, mixed precision) comes with the chapter; no
-padding masks (the sequences of a batch have one length), no rotary positions (chapter 6's
-``apply_rotary``), no preallocated cache (ours grows by ``torch.cat``, a copy per step,
-small beside the matmuls). ``lm_head`` has no bias, as GPT-2's.
+on matrices only, warm-up and cosine decay, mixed precision) comes with the chapter;
+padding on the left only (``attention_mask``; without one the rows of a batch have one
+length), no rotary positions (chapter 6's ``apply_rotary``), no preallocated cache (ours
+grows by ``torch.cat``, a copy per step, small beside the matmuls). ``lm_head`` has no
+bias, as GPT-2's.
 """
 
 from __future__ import annotations
@@ -209,10 +216,13 @@ class KVCache:
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention with one fused projection ``c_attn`` (C -> 3C) and ``c_proj``.
 
-    ``forward(x (B, T, C), cache=None) -> (B, T, C)``. ``c_attn`` computes [q | k | v] for all
-    heads in one matmul (chapter 6's three projections stacked). With a ``cache`` holding
-    P positions, the T new queries attend to the P + T keys, query t to keys 0..P+t;
-    ``layer``, the block's index, names this layer's entry in the cache.
+    ``forward(x (B, T, C), cache=None, attention_mask=None) -> (B, T, C)``. ``c_attn`` computes
+    [q | k | v] for all heads in one matmul (chapter 6's three projections stacked). With a
+    ``cache`` holding P positions, the T new queries attend to the P + T keys, query t to keys
+    0..P+t; ``layer``, the block's index, names this layer's entry in the cache.
+    ``attention_mask`` (B, P + T), True on real tokens, takes the padding keys away from every
+    query as well; a padding query keeps its own key, so its row of weights is never empty
+    (no NaN), and no real query reads what it computes.
     """
 
     def __init__(self, config: GPTConfig, layer: int = 0):
@@ -223,7 +233,8 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(c.n_embd, c.n_embd, bias=c.bias)  # W^O (C, C), writes into the residual stream
         self.resid_dropout = nn.Dropout(c.dropout)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None,
+                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         B, T, C = x.shape
         nh, hs = self.n_head, C // self.n_head
         q, k, v = self.c_attn(x).split(C, dim=2)  # (B, T, 3C) -> three (B, T, C)
@@ -234,7 +245,13 @@ class CausalSelfAttention(nn.Module):
             k, v = cache.update(self.layer, k, v)  # (B, nh, P + T, hs): the cached keys and these
         P = k.shape[2] - T  # positions before the new ones
         p = self.dropout if self.training else 0.0
-        if P == 0:  # the usual case: the causal mask, which fused kernels build themselves
+        if attention_mask is not None:  # left padding: causal and real keys, or the query's own key
+            keys = torch.arange(P + T, device=x.device)  # (P + T,)
+            causal = keys[None, :] <= keys[P:, None]  # (T, P + T): query t sits at P + t
+            own = keys[None, :] == keys[P:, None]  # (T, P + T)
+            mask = (causal & attention_mask[:, None, None, :]) | own  # (B, 1, T, P + T), broadcast over heads
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)  # (B, nh, T, hs)
+        elif P == 0:  # the usual case: the causal mask, which fused kernels build themselves
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)  # (B, nh, T, hs)
         elif T == 1:  # one new token: its query may see every key
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
@@ -275,8 +292,9 @@ class Block(nn.Module):
         self.ln_2 = LayerNorm(c.n_embd, bias=c.bias)
         self.mlp = MLP(c)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), cache)
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None,
+                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache, attention_mask)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -290,6 +308,9 @@ class GPT(nn.Module):
     targets (the course's contract, ``course_lib.train`` trains it). With a ``KVCache``
     holding P positions, ``idx`` continues them: its tokens sit at positions P..P+T-1
     (P + T <= ``block_size``) and the logits are those of the new positions.
+    ``attention_mask`` (B, P + T), True on real tokens, lets rows be padded on the left: row
+    b's tokens then sit at positions 0, 1, ... counted over its real tokens, and its logits
+    are those of the row alone (the logits at padding are meaningless).
     """
 
     def __init__(self, config: GPTConfig):
@@ -330,14 +351,21 @@ class GPT(nn.Module):
             n -= self.transformer.wte.weight.numel() + self.transformer.wpe.weight.numel()
         return n
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None):
-        x = self.hidden_states(idx, cache)
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None,
+                attention_mask: torch.Tensor | None = None):
+        x = self.hidden_states(idx, cache, attention_mask)
         logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, C) @ (C, V) -> (B, T, V)
         return logits, _loss(logits, targets, self.config.vocab_size)
 
-    def hidden_states(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    def hidden_states(self, idx: torch.Tensor, cache: KVCache | None = None,
+                      attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """The last block's outputs (B, T, C) for ``idx`` (B, T), before the final LayerNorm
-        (``forward`` and the sequence classifier read them)."""
+        (``forward`` and the sequence classifier read them).
+
+        With ``attention_mask`` (B, P + T) the positions are counted per row over its real
+        tokens, ``cumsum(mask) - 1``: mask [[0, 0, 1, 1], [1, 1, 1, 1]] -> positions
+        [[0, 0, 0, 1], [0, 1, 2, 3]]; it is those, not P + T, that must stay below ``block_size``.
+        """
         c = self.config
         _check_idx(idx, c.vocab_size)
         B, T = idx.shape
@@ -349,6 +377,8 @@ class GPT(nn.Module):
             if cache.batch_size not in (None, B):
                 raise ValueError(f"the cache holds {cache.batch_size} sequences but idx has B={B}: "
                                  "a cache continues the batch it was filled with")
+        if attention_mask is not None:
+            return self._padded_hidden_states(idx, cache, attention_mask, P)
         if P + T > c.block_size:
             where = f"the cache holds P={P} positions and idx adds T={T}, " if cache is not None else ""
             raise ValueError(f"expected idx of shape (B, T) with {'P + ' if cache is not None else ''}T <= "
@@ -359,6 +389,26 @@ class GPT(nn.Module):
         x = self.transformer.drop(x)
         for block in self.transformer.h:
             x = block(x, cache)
+        return x
+
+    def _padded_hidden_states(self, idx: torch.Tensor, cache: KVCache | None, attention_mask: torch.Tensor,
+                              P: int) -> torch.Tensor:
+        """``hidden_states`` of left-padded rows: positions per row, the mask passed to every block."""
+        B, T = idx.shape
+        if not isinstance(attention_mask, torch.Tensor) or tuple(attention_mask.shape) != (B, P + T):
+            got = tuple(attention_mask.shape) if isinstance(attention_mask, torch.Tensor) else type(attention_mask)
+            raise ValueError(f"expected attention_mask of shape (B, P + T) = ({B}, {P + T}): the cached P={P} "
+                             f"positions and the T={T} new ones, True on real tokens; got {got}")
+        mask = attention_mask.to(device=idx.device, dtype=torch.bool)  # (B, P + T)
+        pos = (mask.long().cumsum(dim=1) - 1).clamp(min=0)[:, P:]  # (B, T) each row counts its real tokens
+        if pos.max().item() >= self.config.block_size:
+            raise ValueError(f"a row of the batch reaches position {pos.max().item()}, past the position table "
+                             f"(block_size={self.config.block_size}): keep each row's real tokens to at most "
+                             f"{self.config.block_size}")
+        x = self.transformer.wte(idx.long()) + self.transformer.wpe(pos)  # (B, T, C) + (B, T, C)
+        x = self.transformer.drop(x)
+        for block in self.transformer.h:
+            x = block(x, cache, mask)
         return x
 
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,

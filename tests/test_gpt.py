@@ -4,7 +4,9 @@ against the full forward pass, cached against uncached generation and against
 course_lib.train.generate (nanoGPT's loop), the filters against TopKLogitsWarper and
 TopPLogitsWarper, the attention against chapter 6's MultiHeadAttention, GPT-2's
 initialisation and parameter count by formula, weight tying, causality, the loss's -1
-targets, bad input. Nothing is downloaded: the GPT-2s are small random ones."""
+targets, left padding (each row of a padded batch against the row alone, cached and
+uncached, and greedy decoding), bad input. Nothing is downloaded: the GPT-2s are small
+random ones."""
 
 import doctest
 import math
@@ -481,3 +483,104 @@ def test_forward_errors():
         model(torch.tensor([[1, 2]]), torch.tensor([1, 2]))
     with pytest.raises(TypeError, match="expected a GPTConfig"):
         GPT(dict(vocab_size=3))
+
+
+# ---------------------------------------------------------------------------- left padding (attention_mask)
+PADDED_LENGTHS = (7, 1, 12, 4)  # prompts of different lengths in one batch
+
+
+def left_pad(rows, pad=0):
+    """Rows of token ids padded on the left to the longest: (idx (B, T), mask (B, T) True on real tokens)."""
+    T = max(len(r) for r in rows)
+    idx = torch.full((len(rows), T), pad, dtype=torch.long)
+    mask = torch.zeros(len(rows), T, dtype=torch.bool)
+    for b, r in enumerate(rows):
+        idx[b, T - len(r):] = torch.tensor(r)
+        mask[b, T - len(r):] = True
+    return idx, mask
+
+
+def padded_rows(n_extra=0):
+    return [randint(23, (n + n_extra,), seed=n).tolist() for n in PADDED_LENGTHS]
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, F32), (torch.float64, F64)])
+def test_left_padded_logits_equal_each_row_alone(dtype, tol):
+    model = make_gpt(dtype=dtype)
+    rows = padded_rows()
+    idx, mask = left_pad(rows, pad=5)
+    with torch.no_grad():
+        logits, _ = model(idx, attention_mask=mask)  # (B, T, V)
+        assert torch.isfinite(logits).all(), "a padding query must not give NaN"
+        for b, r in enumerate(rows):
+            alone, _ = model(torch.tensor([r]))  # (1, len(r), V)
+            torch.testing.assert_close(logits[b, idx.shape[1] - len(r):], alone[0], **tol)
+
+
+@pytest.mark.parametrize("chunks", [[1, 1, 1, 1], [3, 1]])
+def test_left_padded_cached_steps_equal_each_row_alone(chunks):
+    """The prompts through the cache, then the continuations a chunk at a time, the mask growing with them."""
+    model = make_gpt()
+    n = sum(chunks)
+    full = padded_rows(n_extra=n)  # each row: its prompt, then n tokens more
+    prompts = [r[:-n] for r in full]
+    idx, mask = left_pad(prompts)
+    cont = torch.tensor([r[-n:] for r in full])  # (B, n)
+    cache = KVCache()
+    with torch.no_grad():
+        pieces = [model(idx, cache=cache, attention_mask=mask)[0]]
+        start = 0
+        for k in chunks:
+            mask = torch.cat([mask, torch.ones(len(full), k, dtype=torch.bool)], dim=1)  # (B, P + k)
+            pieces.append(model(cont[:, start:start + k], cache=cache, attention_mask=mask)[0])
+            start += k
+            assert len(cache) == idx.shape[1] + start
+        logits = torch.cat(pieces, dim=1)  # (B, T + n, V)
+        for b, r in enumerate(full):
+            alone, _ = model(torch.tensor([r]))
+            torch.testing.assert_close(logits[b, logits.shape[1] - len(r):], alone[0], **F32)
+
+
+def test_a_mask_without_padding_equals_no_mask():
+    model = make_gpt()
+    idx = randint(23, (3, 9))
+    with torch.no_grad():
+        expected, _ = model(idx)
+        got, _ = model(idx, attention_mask=torch.ones(3, 9, dtype=torch.bool))
+    torch.testing.assert_close(got, expected, **F32)
+
+
+def greedy_left_padded(model, rows, n):
+    """Greedy decoding of left-padded rows together: one forward pass of the batch per new token."""
+    idx, mask = left_pad(rows)
+    cache = KVCache()
+    out = []
+    with torch.no_grad():
+        logits, _ = model(idx, cache=cache, attention_mask=mask)
+        for _ in range(n):
+            nxt = logits[:, -1].argmax(dim=-1, keepdim=True)  # (B, 1)
+            out.append(nxt)
+            mask = torch.cat([mask, torch.ones_like(nxt, dtype=torch.bool)], dim=1)  # (B, P + 1)
+            logits, _ = model(nxt, cache=cache, attention_mask=mask)
+    return torch.cat(out, dim=1)  # (B, n)
+
+
+def test_greedy_batched_generation_equals_each_row_alone():
+    model = make_gpt()
+    rows = padded_rows()
+    batched = greedy_left_padded(model, rows, 4)  # the longest row: 12 + 4 = block_size
+    for b, r in enumerate(rows):
+        alone = model.generate(torch.tensor([r]), 4, top_k=1)[0, len(r):]
+        assert batched[b].tolist() == alone.tolist(), f"row {b} (length {len(r)})"
+
+
+def test_attention_mask_errors():
+    model = make_gpt()
+    with pytest.raises(ValueError, match=r"expected attention_mask of shape \(B, P \+ T\) = \(2, 5\)"):
+        model(randint(23, (2, 5)), attention_mask=torch.ones(2, 4, dtype=torch.bool))
+    cache = KVCache()
+    model(randint(23, (2, 5)), cache=cache)
+    with pytest.raises(ValueError, match=r"= \(2, 6\): the cached P=5 positions and the T=1 new ones"):
+        model(randint(23, (2, 1)), cache=cache, attention_mask=torch.ones(2, 1, dtype=torch.bool))
+    with pytest.raises(ValueError, match="reaches position 16, past the position table"):
+        model(randint(23, (1, 17)), attention_mask=torch.ones(1, 17, dtype=torch.bool))
