@@ -47,6 +47,7 @@ import argparse
 import json
 import math
 import queue
+import signal
 import threading
 import time
 import urllib.error
@@ -617,8 +618,11 @@ def main(argv=None) -> None:
                           max_queue=args.max_queue, log=not args.quiet)
     print(f"serving a GPT of {model.num_parameters():,} parameters (block {model.get_block_size()}) at {server.url}: "
           "POST /generate, GET /health; Ctrl-C stops", flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        threading.Event().wait()
+        while not stop.wait(0.2):  # a wait with a timeout, so that Ctrl-C (SIGINT) is seen at once
+            pass
     except KeyboardInterrupt:
         pass
     finally:

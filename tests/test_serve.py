@@ -496,7 +496,12 @@ def test_the_command_line_serves_a_checkpoint_folder(tmp_path):
         assert status == 200 and answer["text"] == alone(small, bpe, "ROMEO:", 5, top_k=1)
     finally:
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=20)
+        try:
+            _, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+            pytest.fail(f"the server did not stop within 60 s of Ctrl-C; stderr:\n{err[-3000:]}")
     assert proc.returncode == 0, err
 
 
